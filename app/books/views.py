@@ -1,0 +1,169 @@
+"""The article's demos, one view each, all async.
+
+Every view here runs on the worker's event loop. Database and other sync-only
+code goes through the async ORM (`async for`, `acreate`) or sync_to_async,
+never through DJANGO_ALLOW_ASYNC_UNSAFE.
+https://docs.djangoproject.com/en/6.1/topics/async/
+"""
+
+import asyncio
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.template.loader import render_to_string
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+
+from books.models import TITLE_MAX_LENGTH, Book
+
+logger = logging.getLogger(__name__)
+
+MAX_SLEEP_SECONDS = 10
+MAX_EVENTS = 60
+DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+
+
+def bad_request(message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=400)
+
+
+async def index(request: HttpRequest) -> HttpResponse:
+    # render_to_string without the request: no context processor, so nothing
+    # here can reach the database from the event loop.
+    return HttpResponse(render_to_string("books/index.html"))
+
+
+async def current_datetime(request: HttpRequest) -> HttpResponse:
+    """An async function-based view: `async def` is all it takes."""
+    now = datetime.datetime.now()
+    html = "<html><body>It is now %s.</body></html>" % now
+    return HttpResponse(html)
+
+
+class AsyncView(View):
+    """An async class-based view: the handler methods are `async def`."""
+
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        raw = request.GET.get("seconds", "1")
+        # Plain decimals only: float() alone would also take "nan", "1e1" and "1_0".
+        if not DECIMAL.fullmatch(raw) or not 0 <= float(raw) <= MAX_SLEEP_SECONDS:
+            return bad_request(f"seconds must be a number from 0 to {MAX_SLEEP_SECONDS}")
+        seconds = float(raw)
+        # The worker serves other requests while this one waits.
+        await asyncio.sleep(seconds)
+        return HttpResponse("非同期ビューのレスポンス", content_type="text/plain; charset=utf-8")
+
+
+@method_decorator(csrf_exempt, name="dispatch")  # token-authenticated, no cookies involved
+class BookListView(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        # `for book in Book.objects.all()` would raise SynchronousOnlyOperation
+        # here; `async for` runs the query without blocking the event loop.
+        titles = []
+        async for book in Book.objects.all():
+            titles.append(book.title)
+        return HttpResponse(",".join(titles), content_type="text/plain; charset=utf-8")
+
+    async def post(self, request: HttpRequest) -> HttpResponse:
+        if not settings.API_TOKEN:
+            return JsonResponse({"error": "writes are disabled: no API_TOKEN is configured"}, status=403)
+        if not _bearer_token_matches(request.headers.get("Authorization", ""), settings.API_TOKEN):
+            response = JsonResponse({"error": "missing or wrong bearer token"}, status=401)
+            response["WWW-Authenticate"] = 'Bearer realm="books"'
+            return response
+        try:
+            data = json.loads(request.body)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+            return bad_request("body must be JSON")
+        if not isinstance(data, dict):
+            return bad_request('body must be a JSON object like {"title": "..."}')
+        title = data.get("title")
+        if not isinstance(title, str) or not title.strip():
+            return bad_request("title must be a non-empty string")
+        if len(title) > TITLE_MAX_LENGTH:
+            return bad_request(f"title must be at most {TITLE_MAX_LENGTH} characters")
+        book = await Book.objects.acreate(title=title)
+        return JsonResponse(
+            {"id": book.id, "title": book.title, "created_at": book.created_at.isoformat()},
+            status=201,
+        )
+
+
+def _bearer_token_matches(header: str, expected: str) -> bool:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    # Compare digests in constant time: neither the length nor the content
+    # of the expected token leaks through timing.
+    return hmac.compare_digest(
+        hashlib.sha256(token.strip().encode()).digest(),
+        hashlib.sha256(expected.encode()).digest(),
+    )
+
+
+def sync_only1(data: bytes) -> str:
+    """A sync-only function: CPU-heavy work that would stall the event loop."""
+    return hashlib.pbkdf2_hmac("sha256", data, b"demo-salt", 20_000).hex()[:16]
+
+
+@sync_to_async
+def sync_only2() -> tuple[int, str | None]:
+    """Decorated with sync_to_async: a transaction, which must stay in one thread.
+
+    transaction.atomic() is sync-only: the whole block runs in one worker
+    thread, on one connection, so both queries see one transaction.
+    """
+    with transaction.atomic():
+        count = Book.objects.count()
+        latest = Book.objects.order_by("-created_at", "-id").values_list("title", flat=True).first()
+    return count, latest
+
+
+async def sync_wrapped(request: HttpRequest) -> HttpResponse:
+    # The call form: wrap a sync function, then await the call.
+    digest = await sync_to_async(sync_only1)(b"async django")
+    # The decorator form: the function is already awaitable.
+    count, latest = await sync_only2()
+    lines = [
+        f"sync_to_async(sync_only1)(): pbkdf2 digest {digest}",
+        f"@sync_to_async sync_only2(): {count} books in one transaction, latest {latest!r}",
+    ]
+    return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
+
+
+async def events(request: HttpRequest) -> HttpResponse:
+    """Server-Sent Events from an async generator: one event a second."""
+    raw = request.GET.get("count", "5")
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_EVENTS:
+        return bad_request(f"count must be a whole number from 1 to {MAX_EVENTS}")
+    count = int(raw)
+
+    async def stream() -> AsyncIterator[str]:
+        sent = 0
+        try:
+            for n in range(1, count + 1):
+                if n > 1:
+                    await asyncio.sleep(1)
+                payload = {"n": n, "of": count, "time": datetime.datetime.now(datetime.UTC).isoformat()}
+                yield f"id: {n}\nevent: tick\ndata: {json.dumps(payload)}\n\n"
+                sent = n
+        except asyncio.CancelledError:
+            # Django cancels the generator when the client goes away.
+            logger.info("events: client disconnected after %d of %d events", sent, count)
+            raise
+
+    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    # nginx must pass each event on as it comes, not buffer the stream.
+    response["X-Accel-Buffering"] = "no"
+    return response

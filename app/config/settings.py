@@ -1,0 +1,161 @@
+"""Django settings: one module, grouped by concern, every value read once from the environment.
+
+Read by: manage.py, config.asgi (gunicorn's Uvicorn workers) and the tests.
+Copying it: keep the groups; add your apps to INSTALLED_APPS. The variables and
+their production values are listed in .env.example; the safe defaults here are
+for `docker compose up` on a laptop (plain HTTP on localhost, DEBUG off).
+Reference: https://docs.djangoproject.com/en/6.1/ref/settings/
+"""
+
+from pathlib import Path
+
+from django.core.management.utils import get_random_secret_key
+
+from config.env import env, secret
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# --- Core ---------------------------------------------------------------------
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# Without a key, DEBUG gets a throwaway one per process; otherwise the check
+# core.E002 stops the app and the migrate step (see core/checks.py).
+SECRET_KEY = secret("DJANGO_SECRET_KEY") or (get_random_secret_key() if DEBUG else "")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "core",
+    "books",
+]
+
+# Every entry is async-capable, so an async view runs on the event loop with no
+# "Asynchronous handler adapted for middleware" step (tests/test_middleware.py).
+# Django's own MiddlewareMixin classes still run their hooks in a thread; see
+# docs/async-safety.md.
+MIDDLEWARE = [
+    "core.middleware.HealthCheckMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "core.middleware.StaticFilesMiddleware",
+    "core.middleware.DatabaseUnavailableMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: Postgres through psycopg's pool ---------------------------------
+# Under ASGI, Django's docs ask for CONN_MAX_AGE = 0 with a pool: each request
+# borrows a connection and gives it back when the request ends.
+# https://docs.djangoproject.com/en/6.1/ref/databases/#connection-pool
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": env("POSTGRES_HOST", default="db"),
+        "PORT": env.int("POSTGRES_PORT", default=5432),
+        "NAME": env("POSTGRES_DB", default="app"),
+        "USER": env("POSTGRES_USER", default="app"),
+        "PASSWORD": secret("POSTGRES_PASSWORD") or "",
+        "CONN_MAX_AGE": 0,
+        "ATOMIC_REQUESTS": False,
+        # The pool hands out only connections that answer, so a database
+        # restart costs no failed request once it is back.
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {
+            "sslmode": env("POSTGRES_SSLMODE", default="prefer"),
+            "connect_timeout": env.int("DB_CONNECT_TIMEOUT", default=2),
+            "pool": {
+                "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+                "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
+                # How long a request waits for a free connection before it
+                # fails (503, see core/middleware.py) instead of hanging.
+                "timeout": env.float("DB_POOL_TIMEOUT", default=3.0),
+            },
+        },
+    }
+}
+
+# --- Behind nginx (or another TLS-terminating proxy) ------------------------------
+# nginx overwrites X-Forwarded-Proto on every request (nginx/templates), so the
+# header can be trusted here; the app's port is reachable only through nginx.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- HTTPS: on when TLS is terminated in front of nginx (production) ---------------
+HTTPS = env.bool("DJANGO_HTTPS", default=False)
+SECURE_SSL_REDIRECT = HTTPS
+# Probes talk plain HTTP to the app directly; they must not be redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_HSTS_PRELOAD", default=False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+# --- Static files: hashed and compressed at build time ---------------------------
+# nginx serves /static/ from the files baked into its image; without nginx the
+# app serves them itself (core.middleware.StaticFilesMiddleware, WhiteNoise).
+STATIC_URL = "/static/"
+STATIC_ROOT = env("DJANGO_STATIC_ROOT", default="/srv/static")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+# --- The demo API ------------------------------------------------------------------
+# POST /books/ needs "Authorization: Bearer <API_TOKEN>"; without a token
+# configured, writes are refused (403).
+API_TOKEN = secret("API_TOKEN")
+
+# --- Internationalisation ----------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env("DJANGO_TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Logging: everything to stdout, one line per event ------------------------------
+LOG_LEVEL = env("DJANGO_LOG_LEVEL", default="INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+    },
+    "handlers": {
+        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "plain"},
+    },
+    "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
+    "loggers": {
+        # A stack trace goes to the log, never to the client (DEBUG is off).
+        "django": {"handlers": ["stdout"], "level": LOG_LEVEL, "propagate": False},
+    },
+}

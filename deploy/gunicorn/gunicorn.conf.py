@@ -1,0 +1,71 @@
+"""gunicorn's settings for the app container: every value from the environment.
+
+Read by: gunicorn, started by the Dockerfile's CMD (`gunicorn -c /srv/deploy/gunicorn/gunicorn.conf.py`).
+Copying it: keep it beside workers.py; set the variables in .env (documented in
+.env.example), not here. Settings reference: https://gunicorn.org/reference/settings/
+"""
+
+import math
+import os
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name) or str(default)
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"gunicorn.conf.py: {name} must be a whole number, not {raw!r}") from None
+
+
+def _cpu_count() -> int:
+    """CPUs this container may use: the cgroup quota if one is set, else the visible cores."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return os.process_cpu_count() or 1
+
+
+# --- What to serve ----------------------------------------------------------------
+chdir = "/srv/app"
+wsgi_app = "config.asgi:application"
+pythonpath = str(Path(__file__).resolve().parent)  # for workers.py
+worker_class = "workers.UvicornWorker"
+# Each worker is one event loop: one per CPU uses the machine without threads.
+workers = _int("GUNICORN_WORKERS", _cpu_count())
+
+# --- Where --------------------------------------------------------------------------
+# $PORT is what container hosts (Cloud Run, Render, Heroku-style) hand the app.
+bind = [f"0.0.0.0:{_int('PORT', 8000)}"]
+backlog = _int("GUNICORN_BACKLOG", 2048)
+# Proxy headers are believed only from these addresses (nginx's network in
+# docker-compose.yml); nginx overwrites X-Forwarded-For and -Proto itself.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
+
+# --- Timeouts -------------------------------------------------------------------------
+# Longer than nginx's upstream keepalive_timeout (nginx/templates), or nginx
+# would reuse a connection gunicorn just closed and answer 502.
+keepalive = _int("GUNICORN_KEEPALIVE", 75)
+# A worker whose event loop stops answering this long is killed and replaced.
+timeout = _int("GUNICORN_TIMEOUT", 30)
+# On SIGTERM, requests in flight get this long; compose's stop_grace_period
+# and Kubernetes' terminationGracePeriodSeconds must be longer.
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 20)
+# Recycle workers after this many requests (0: never), jittered so they do
+# not all restart at once.
+max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 0)
+
+# --- Logs to stdout and stderr ----------------------------------------------------------
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+# --- A read-only root filesystem ----------------------------------------------------------
+# The heartbeat files go to memory, not to the image's /tmp.
+worker_tmp_dir = "/dev/shm"  # noqa: S108  (private to the container)
+# The control socket (gunicornc) would need a writable $HOME.
+control_socket_disable = True

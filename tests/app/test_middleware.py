@@ -1,0 +1,84 @@
+"""The async request path: no sync-only middleware, static files without a thread per request."""
+
+import gzip
+import logging
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.staticfiles.storage import staticfiles_storage
+from django.core.handlers.asgi import ASGIHandler
+from django.db import OperationalError
+from django.http import HttpResponse
+from django.test import RequestFactory, override_settings
+
+from core.middleware import DatabaseUnavailableMiddleware
+
+ADAPTED = "adapted for middleware"
+
+
+def adaptation_messages(caplog) -> list[str]:
+    # Django logs each adaptation while it builds the chain, and only with DEBUG on.
+    with override_settings(DEBUG=True), caplog.at_level(logging.DEBUG, logger="django.request"):
+        caplog.clear()
+        ASGIHandler()  # builds the middleware chain in async mode
+    return [r.getMessage() for r in caplog.records if ADAPTED in r.getMessage()]
+
+
+def test_no_middleware_is_adapted_on_the_async_path(caplog):
+    assert adaptation_messages(caplog) == []
+
+
+def test_a_sync_only_middleware_would_be_caught(caplog):
+    # The control: WhiteNoise's own middleware is sync-only, and the check sees it.
+    with override_settings(MIDDLEWARE=[*settings.MIDDLEWARE, "whitenoise.middleware.WhiteNoiseMiddleware"]):
+        messages = adaptation_messages(caplog)
+    assert any("WhiteNoiseMiddleware" in m for m in messages), messages
+
+
+def hashed_admin_css() -> str:
+    return staticfiles_storage.url("admin/css/base.css")
+
+
+def test_static_file_served_by_the_app(aclient):
+    url = hashed_admin_css()
+    assert url != "/static/admin/css/base.css"  # a hashed name from the manifest
+    response = aclient.get(url)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/css")
+    assert "immutable" in response["Cache-Control"]
+    on_disk = Path(settings.STATIC_ROOT, url.removeprefix("/static/")).read_bytes()
+    assert response.content == on_disk
+
+
+def test_static_file_gzipped_when_asked(aclient):
+    response = aclient.get(hashed_admin_css(), headers={"Accept-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert response["Content-Encoding"] == "gzip"
+    assert b"body" in gzip.decompress(response.content)
+
+
+def test_static_head_has_no_body(aclient):
+    response = aclient.head(hashed_admin_css())
+    assert response.status_code == 200 and response.content == b""
+    assert int(response["Content-Length"]) > 0
+
+
+def test_static_range_request(aclient):
+    response = aclient.get(hashed_admin_css(), headers={"Range": "bytes=0-9"})
+    assert response.status_code == 206 and len(response.content) == 10
+
+
+@pytest.mark.parametrize(
+    "path", ["/static/nope.css", "/static/../config/settings.py", "/static/%2e%2e/config/settings.py"]
+)
+def test_unknown_static_paths_are_404(aclient, path):
+    assert aclient.get(path).status_code == 404
+
+
+def test_database_errors_become_503():
+    middleware = DatabaseUnavailableMiddleware(lambda request: HttpResponse())
+    request = RequestFactory().get("/books/")
+    response = middleware.process_exception(request, OperationalError("connection refused"))
+    assert response.status_code == 503
+    assert middleware.process_exception(request, ValueError("not a database error")) is None

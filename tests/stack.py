@@ -1,0 +1,142 @@
+"""Drive a throwaway copy of the stack: docker compose under a project name and port of its own.
+
+Used by the host-side tests (tests/conftest.py). Nothing here needs more than
+Python 3.10's standard library and a Docker engine with compose v2.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import socket
+import subprocess
+import tempfile
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_COMPOSE = ROOT / "tests" / "compose.test.yml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+@dataclass
+class Stack:
+    """One compose project: its own name, port, env file and volumes."""
+
+    project: str = "async-django-test"
+    port: int = field(default_factory=free_port)
+    api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    env_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        fd, path = tempfile.mkstemp(prefix="stack-", suffix=".env")
+        os.close(fd)
+        self.env_file = Path(path)
+        self.write_env({})
+
+    def write_env(self, extra: dict[str, str]) -> None:
+        values = {
+            "NGINX_PORT": str(self.port),
+            # Its own range, so it can run beside a stack started from the README.
+            "EDGE_SUBNET": "172.30.81.0/24",
+            "API_TOKEN": self.api_token,
+            # One worker: the concurrency test measures what one event loop holds.
+            "GUNICORN_WORKERS": "1",
+            "ENV_FILE": str(self.env_file),
+            **extra,
+        }
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+
+    # --- docker compose ------------------------------------------------------------
+    def compose_args(self, *args: str, with_tests: bool = False) -> list[str]:
+        files = ["-f", str(ROOT / "docker-compose.yml")]
+        if with_tests:
+            files += ["-f", str(TEST_COMPOSE)]
+        return ["docker", "compose", "-p", self.project, "--project-directory", str(ROOT),
+                "--env-file", str(self.env_file), *files, *args]  # fmt: skip
+
+    def compose(
+        self, *args: str, check: bool = True, timeout: float = 600, with_tests: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            self.compose_args(*args, with_tests=with_tests),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={k: v for k, v in os.environ.items() if k != "COMPOSE_PROJECT_NAME"},
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"docker compose {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def up(self) -> None:
+        self.compose("up", "--detach", "--wait", "--wait-timeout", "180")
+
+    def down(self) -> None:
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False, with_tests=True)
+        self.env_file.unlink(missing_ok=True)
+
+    def logs(self, service: str) -> str:
+        return self.compose("logs", "--no-color", "--no-log-prefix", service).stdout
+
+    def exec(self, service: str, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.compose("exec", "-T", service, *command, check=check)
+
+    def container_id(self, service: str) -> str:
+        return self.compose("ps", "-a", "-q", service).stdout.strip()
+
+    # --- HTTP through nginx ------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 15,
+    ) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers={"Host": f"localhost:{self.port}", **(headers or {})})
+            raw = conn.getresponse()
+            headers: dict[str, str] = {}
+            for name, value in raw.getheaders():  # repeated headers (Set-Cookie) joined by newlines
+                key = name.lower()
+                headers[key] = f"{headers[key]}\n{value}" if key in headers else value
+            return Response(raw.status, headers, raw.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kwargs: object) -> Response:
+        return self.request("GET", path, **kwargs)  # type: ignore[arg-type]
+
+    def post_json(self, path: str, data: object, token: str | None = None) -> Response:
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.request("POST", path, body=json.dumps(data).encode(), headers=headers)
+
+    def url(self, path: str) -> str:
+        return urllib.parse.urljoin(f"http://localhost:{self.port}", path)

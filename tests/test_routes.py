@@ -1,0 +1,135 @@
+"""Every route of the contract, from outside, through nginx on 127.0.0.1."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import secrets
+
+import pytest
+
+from tests.stack import Stack
+
+
+def test_index_links_the_demos(stack: Stack):
+    response = stack.get("/")
+    assert response.status == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    for path in ("/now/", "/async/", "/books/", "/sync-wrapped/", "/events/", "/healthz", "/readyz", "/admin/"):
+        assert f'href="{path}' in response.text()
+
+
+def test_now(stack: Stack):
+    response = stack.get("/now/")
+    assert response.status == 200
+    assert re.fullmatch(
+        r"<html><body>It is now \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\.</body></html>", response.text()
+    )
+
+
+def test_async_view(stack: Stack):
+    response = stack.get("/async/?seconds=0.2")
+    assert response.status == 200 and response.text() == "非同期ビューのレスポンス"
+    assert stack.get("/async/").status == 200  # the default, one second
+
+
+@pytest.mark.parametrize("query", ["seconds=-1", "seconds=10.01", "seconds=x", "seconds=nan"])
+def test_async_view_rejects(stack: Stack, query: str):
+    response = stack.get(f"/async/?{query}")
+    assert response.status == 400 and "error" in response.json()
+
+
+def test_books_write_then_read(stack: Stack):
+    title = f"Book {secrets.token_hex(4)}"
+    created = stack.post_json("/books/", {"title": title}, token=stack.api_token)
+    assert created.status == 201, created.body
+    assert created.json()["title"] == title
+    listing = stack.get("/books/")
+    assert listing.status == 200
+    assert listing.headers["content-type"] == "text/plain; charset=utf-8"
+    assert title in listing.text().split(",")
+
+
+def test_books_write_failures(stack: Stack):
+    assert stack.post_json("/books/", {"title": "x"}).status == 401
+    assert stack.post_json("/books/", {"title": "x"}, token="wrong").status == 401
+    assert stack.post_json("/books/", ["x"], token=stack.api_token).status == 400
+    assert stack.post_json("/books/", {"title": ""}, token=stack.api_token).status == 400
+    assert stack.post_json("/books/", {"title": "x" * 201}, token=stack.api_token).status == 400
+    bad = stack.request("POST", "/books/", body=b"{oops", headers={"Authorization": f"Bearer {stack.api_token}"})
+    assert bad.status == 400 and bad.json()["error"] == "body must be JSON"
+    assert "x" * 201 not in stack.get("/books/").text()
+
+
+def test_sync_wrapped(stack: Stack):
+    response = stack.get("/sync-wrapped/")
+    assert response.status == 200
+    assert "sync_to_async(sync_only1)()" in response.text()
+    assert "@sync_to_async sync_only2()" in response.text()
+
+
+def test_probes(stack: Stack):
+    assert stack.get("/healthz").status == 200
+    assert stack.get("/readyz").text() == "ready\n"
+
+
+def test_unknown_host_is_refused(stack: Stack):
+    response = stack.get("/now/", headers={"Host": "evil.example"})
+    assert response.status == 400
+    assert b"Traceback" not in response.body
+
+
+def admin_login(stack: Stack) -> tuple[str, str]:
+    """Create a superuser with manage.py, then log in over HTTP like a browser."""
+    password = secrets.token_urlsafe(16)
+    stack.exec(
+        "app", "python", "manage.py", "shell", "-c",
+        "from django.contrib.auth.models import User\n"
+        "user = User.objects.filter(username='admin').first()\n"
+        "user = user or User(username='admin', is_staff=True, is_superuser=True)\n"
+        f"user.set_password('{password}')\n"
+        "user.save()",
+    )  # fmt: skip
+    page = stack.get("/admin/login/")
+    csrf_cookie = re.search(r"csrftoken=([^;]+)", page.headers["set-cookie"]).group(1)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text()).group(1)
+    body = f"csrfmiddlewaretoken={token}&username=admin&password={password}&next=/admin/".encode()
+    login = stack.request(
+        "POST", "/admin/login/?next=/admin/", body=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": f"csrftoken={csrf_cookie}",
+                 "Origin": f"http://localhost:{stack.port}", "Referer": stack.url("/admin/login/")},
+    )  # fmt: skip
+    assert login.status == 302, login.text()[:2000]
+    session = re.search(r"sessionid=([^;]+)", login.headers["set-cookie"]).group(1)
+    return csrf_cookie, session
+
+
+def test_admin_login_and_books_through_the_proxy(stack: Stack):
+    csrf, session = admin_login(stack)
+    page = stack.get("/admin/books/book/", headers={"Cookie": f"csrftoken={csrf}; sessionid={session}"})
+    assert page.status == 200
+    assert "Select book to change" in page.text()
+
+
+def test_admin_forged_post_is_rejected(stack: Stack):
+    page = stack.request(
+        "POST", "/admin/login/", body=b"username=admin&password=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://evil.example"},
+    )  # fmt: skip
+    assert page.status == 403
+
+
+def test_admin_static_files_come_from_nginx(stack: Stack):
+    page = stack.get("/admin/login/")
+    assets = re.findall(r'(?:href|src)="(/static/[^"]+\.(?:css|js))"', page.text())
+    assert any(a.endswith(".css") for a in assets) and any(a.endswith(".js") for a in assets), assets
+    for asset in assets:
+        response = stack.get(asset, headers={"Accept-Encoding": "gzip"})
+        assert response.status == 200, asset
+        expected = "text/css" if asset.endswith(".css") else "application/javascript"
+        assert response.headers["content-type"].startswith(expected)
+        assert "immutable" in response.headers["cache-control"]
+        if response.headers.get("content-encoding") == "gzip":
+            assert gzip.decompress(response.body)
+    # nginx answered them all: the app never saw a request for /static/.
+    assert "/static/" not in stack.logs("app")
