@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -100,7 +101,8 @@ class Stack:
         self.env_file.unlink(missing_ok=True)
 
     def logs(self, service: str) -> str:
-        return self.compose("logs", "--no-color", "--no-log-prefix", service).stdout
+        out = self.compose("logs", "--no-color", "--no-log-prefix", service).stdout
+        return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out)  # compose's line-erase codes
 
     def exec(self, service: str, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.compose("exec", "-T", service, *command, check=check)

@@ -133,3 +133,26 @@ def test_admin_static_files_come_from_nginx(stack: Stack):
             assert gzip.decompress(response.body)
     # nginx answered them all: the app never saw a request for /static/.
     assert "/static/" not in stack.logs("app")
+
+
+def test_app_alone_serves_static_files(stack: Stack):
+    # Without nginx (a container host), the same image serves /static/ itself.
+    page = stack.get("/admin/login/")
+    css = re.search(r'href="(/static/admin/css/base\.[0-9a-f]{12}\.css)"', page.text()).group(1)
+    code = (
+        "import urllib.request\n"
+        f"r = urllib.request.urlopen('http://127.0.0.1:8000{css}')\n"
+        "print(r.status, r.headers['Content-Type'], r.headers['Cache-Control'])\n"
+    )
+    out = stack.exec("app", "python", "-c", code).stdout
+    assert out.startswith("200 text/css") and "immutable" in out, out
+
+
+def test_client_cannot_spoof_forwarded_headers(stack: Stack):
+    seen = len(stack.logs("app"))
+    marker = secrets.token_hex(4)
+    response = stack.get(f"/now/?{marker}", headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https"})
+    assert response.status == 200
+    line = next(line for line in stack.logs("app")[seen:].splitlines() if marker in line)
+    # gunicorn logs the client nginx saw (the edge network's gateway), not the forged one.
+    assert "6.6.6.6" not in line and line.split()[0].startswith("172.30.81."), line
