@@ -45,7 +45,9 @@ class Response:
 class Stack:
     """One compose project: its own name, port, env file and volumes."""
 
-    project: str = "async-django-test"
+    # Both can be changed so that two runs can share one Docker engine.
+    project: str = field(default_factory=lambda: os.environ.get("STACK_PROJECT", "async-django-test"))
+    edge_subnet: str = field(default_factory=lambda: os.environ.get("STACK_EDGE_SUBNET", "172.30.81.0/24"))
     port: int = field(default_factory=free_port)
     api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     env_file: Path = field(init=False)
@@ -60,7 +62,7 @@ class Stack:
         values = {
             "NGINX_PORT": str(self.port),
             # Its own range, so it can run beside a stack started from the README.
-            "EDGE_SUBNET": "172.30.81.0/24",
+            "EDGE_SUBNET": self.edge_subnet,
             "API_TOKEN": self.api_token,
             # One worker: the concurrency test measures what one event loop holds.
             "GUNICORN_WORKERS": "1",
