@@ -1,5 +1,8 @@
 """The ASGI entry point: gunicorn's Uvicorn workers load `config.asgi:application`.
 
+The application is core.handlers.ASGIHandler, Django's ASGI handler minus the
+OS thread it otherwise holds for every request in flight.
+
 Before serving, the worker runs Django's system checks and refuses to start on
 any error, the way `runserver` does and gunicorn does not. This is what stops
 a container that was given DJANGO_ALLOW_ASYNC_UNSAFE (check core.E001) or no
@@ -8,12 +11,16 @@ secret key (core.E002). https://docs.djangoproject.com/en/6.1/howto/deployment/a
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# What django.core.asgi.get_asgi_application() does, with the blueprint's
+# handler: Django's, without a thread per request (app/core/handlers.py).
+django.setup(set_prefix=False)
 
-application = get_asgi_application()
+from core.handlers import ASGIHandler  # noqa: E402  (needs the app registry)
+from core.startup import refuse_to_start_on_check_errors  # noqa: E402
 
-from core.startup import refuse_to_start_on_check_errors  # noqa: E402  (needs the app registry)
+application = ASGIHandler()
 
 refuse_to_start_on_check_errors()

@@ -37,10 +37,12 @@ INSTALLED_APPS = [
     "books",
 ]
 
-# Every entry is async-capable, so an async view runs on the event loop with no
-# "Asynchronous handler adapted for middleware" step (tests/test_middleware.py).
-# Django's own MiddlewareMixin classes still run their hooks in a thread; see
-# docs/async-safety.md.
+# Under ASGI, core.handlers.ASGIHandler runs Django's own middleware below
+# through drop-in subclasses (core.middleware.NO_HOP_SUBSTITUTES) that stay on
+# the event loop and hop to a thread only when a request needs one (a session
+# to save, a form to check); under WSGI they are Django's, unchanged. The
+# system checks core.W010 and core.W011 warn when something added here, or to
+# the request signals, would cost a thread per request. See docs/async-safety.md.
 MIDDLEWARE = [
     "core.middleware.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",

@@ -1,4 +1,5 @@
-"""System checks that keep an unsafe configuration from ever serving.
+"""System checks that keep an unsafe configuration from ever serving, and the
+request path of async views free of thread hops.
 
 Run by `manage.py migrate` and `check`, and by config.asgi before a worker
 serves (core.startup). https://docs.djangoproject.com/en/6.1/topics/checks/
@@ -6,11 +7,13 @@ serves (core.startup). https://docs.djangoproject.com/en/6.1/topics/checks/
 
 import os
 from collections.abc import Sequence
+from inspect import iscoroutinefunction
 
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 
 @checks.register(checks.Tags.async_support)
@@ -54,3 +57,71 @@ def secret_key_given(app_configs: Sequence[AppConfig] | None, **kwargs: object) 
             id="core.E002",
         )
     ]
+
+
+def _thread_cost(middleware: type) -> str | None:
+    """Why `middleware` would cost a thread on every async request, or None."""
+    from django.utils.deprecation import MiddlewareMixin
+
+    if not getattr(middleware, "async_capable", False):
+        return "is sync-only: Django adapts it, and every request crosses into a thread and back"
+    if (
+        issubclass(middleware, MiddlewareMixin)
+        and middleware.__acall__ is MiddlewareMixin.__acall__
+        and (hasattr(middleware, "process_request") or hasattr(middleware, "process_response"))
+    ):
+        return "is a MiddlewareMixin: it runs process_request/process_response in a thread on every request"
+    process_view = getattr(middleware, "process_view", None)
+    if process_view is not None and not (
+        iscoroutinefunction(process_view) or getattr(middleware, "process_view_is_async", False)
+    ):
+        return "has a sync process_view: Django runs it in a thread on every request"
+    return None
+
+
+@checks.register(checks.Tags.async_support)
+def middleware_stays_on_the_event_loop(
+    app_configs: Sequence[AppConfig] | None, **kwargs: object
+) -> list[checks.CheckMessage]:
+    """Warn about middleware that would cost every async request a thread (core.W010)."""
+    from core.middleware import NO_HOP_SUBSTITUTES
+
+    messages = []
+    for path in settings.MIDDLEWARE:
+        middleware = NO_HOP_SUBSTITUTES.get(path) or import_string(path)
+        reason = _thread_cost(middleware)
+        if reason:
+            messages.append(
+                checks.Warning(
+                    f"Middleware {path} {reason}.",
+                    hint="Make it async-native (async_capable = True, sync_capable = False, an async "
+                    "__call__), or subclass it with core.middleware.NoHopMixin if its hooks do no I/O. "
+                    "See docs/async-safety.md.",
+                    id="core.W010",
+                )
+            )
+    return messages
+
+
+@checks.register(checks.Tags.async_support)
+def request_signals_stay_on_the_event_loop(
+    app_configs: Sequence[AppConfig] | None, **kwargs: object
+) -> list[checks.CheckMessage]:
+    """Warn about sync receivers of request_started/request_finished (core.W011)."""
+    from django.core import signals
+
+    from core.handlers import ASGIHandler, other_receivers
+
+    messages = []
+    for name in ("request_started", "request_finished"):
+        sync_receivers, _ = other_receivers(getattr(signals, name), ASGIHandler)
+        for receiver in sync_receivers:
+            label = f"{receiver.__module__}.{getattr(receiver, '__qualname__', receiver)}"
+            messages.append(
+                checks.Warning(
+                    f"{label} is a sync receiver of {name}: every request runs it in a thread.",
+                    hint="Make the receiver an async function, or connect it only where it is needed.",
+                    id="core.W011",
+                )
+            )
+    return messages

@@ -1,5 +1,15 @@
 """Async-native middleware: none of these costs a thread on the request path.
 
+Django's own middleware classes are MiddlewareMixin subclasses, which under
+ASGI run process_request and process_response through
+sync_to_async(thread_sensitive=True): a thread per request, even for a header.
+The drop-in subclasses at the end of this module, which core.handlers uses in
+place of Django's classes listed in MIDDLEWARE, run those hooks on the event
+loop, which is safe because they do no I/O, and hop to the request's thread
+only in the cases that do (a session to save, messages to store, a form to
+check for CSRF). Any database access they might still attempt on the loop
+raises SynchronousOnlyOperation, as it should.
+
 - HealthCheckMiddleware answers the probes first, before host validation, so a
   kubelet or load balancer probing by IP address is not refused (DisallowedHost).
 - StaticFilesMiddleware is WhiteNoise for when no nginx is in front (a container
@@ -15,14 +25,20 @@ from collections.abc import Awaitable, Callable
 
 from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as message_middleware
+from django.contrib.sessions import middleware as session_middleware
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware import clickjacking, common, csrf, security
 from whitenoise.middleware import WhiteNoiseMiddleware
 from whitenoise.responders import StaticFile
 
 from core import health
 
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponse]]
+# What CsrfViewMiddleware lets through without a token check.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 class AsyncMiddleware:
@@ -93,3 +109,109 @@ class StaticFilesMiddleware(AsyncMiddleware):
         for name, value in served.headers:
             response[name] = value
         return response
+
+
+class NoHopMixin:
+    """Run a MiddlewareMixin's hooks on the event loop unless this request needs a thread.
+
+    Subclasses say when a hook does I/O (request_needs_thread,
+    response_needs_thread); the sync path (WSGI) is Django's, unchanged.
+    """
+
+    def request_needs_thread(self, request: HttpRequest) -> bool:
+        return False
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponse) -> bool:
+        return False
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        response = None
+        process_request = getattr(self, "process_request", None)
+        if process_request is not None:
+            if self.request_needs_thread(request):
+                response = await sync_to_async(process_request, thread_sensitive=True)(request)
+            else:
+                response = process_request(request)
+        response = response or await self.get_response(request)
+        process_response = getattr(self, "process_response", None)
+        if process_response is not None:
+            if self.response_needs_thread(request, response):
+                response = await sync_to_async(process_response, thread_sensitive=True)(request, response)
+            else:
+                response = process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(NoHopMixin, security.SecurityMiddleware):
+    """Headers and the HTTPS redirect: pure computation."""
+
+
+class CommonMiddleware(NoHopMixin, common.CommonMiddleware):
+    """Host validation, APPEND_SLASH (a URL resolve) and Content-Length: pure computation."""
+
+
+class XFrameOptionsMiddleware(NoHopMixin, clickjacking.XFrameOptionsMiddleware):
+    """One header."""
+
+
+class AuthenticationMiddleware(NoHopMixin, auth_middleware.AuthenticationMiddleware):
+    """Sets request.user and request.auser lazily; the lookup happens where they are used."""
+
+
+class SessionMiddleware(NoHopMixin, session_middleware.SessionMiddleware):
+    """The session store is lazy; only saving it touches the database."""
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponse) -> bool:
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class MessageMiddleware(NoHopMixin, message_middleware.MessageMiddleware):
+    """Messages are stored only if they were read or added (possibly in the session)."""
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponse) -> bool:
+        storage = getattr(request, "_messages", None)
+        return storage is not None and (storage.used or storage.added_new)
+
+
+class CsrfViewMiddleware(NoHopMixin, csrf.CsrfViewMiddleware):
+    """The token check reads the form body only for unsafe methods; those take a thread.
+
+    Django adapts a sync process_view with a thread hop, so in async mode this
+    instance carries an async one instead.
+    """
+
+    process_view_is_async = True  # for the check core.W010
+
+    def __init__(self, get_response: GetResponse) -> None:
+        super().__init__(get_response)
+        if self.async_mode:
+            self.process_view = self._aprocess_view
+
+    def request_needs_thread(self, request: HttpRequest) -> bool:
+        return settings.CSRF_USE_SESSIONS
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponse) -> bool:
+        return settings.CSRF_USE_SESSIONS and bool(request.META.get("CSRF_COOKIE_NEEDS_UPDATE"))
+
+    async def _aprocess_view(
+        self, request: HttpRequest, callback: Callable, callback_args: tuple, callback_kwargs: dict
+    ) -> HttpResponse | None:
+        check = super().process_view
+        if request.method in SAFE_METHODS and not settings.CSRF_USE_SESSIONS:
+            return check(request, callback, callback_args, callback_kwargs)
+        return await sync_to_async(check, thread_sensitive=True)(request, callback, callback_args, callback_kwargs)
+
+
+# Django's middleware -> its drop-in here, used by core.handlers.ASGIHandler
+# when it builds the async chain. settings.MIDDLEWARE keeps Django's paths, so
+# Django's own checks (security, CSRF, admin) see exactly what they expect.
+NO_HOP_SUBSTITUTES = {
+    "django.middleware.security.SecurityMiddleware": SecurityMiddleware,
+    "django.middleware.common.CommonMiddleware": CommonMiddleware,
+    "django.middleware.csrf.CsrfViewMiddleware": CsrfViewMiddleware,
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": XFrameOptionsMiddleware,
+    "django.contrib.sessions.middleware.SessionMiddleware": SessionMiddleware,
+    "django.contrib.auth.middleware.AuthenticationMiddleware": AuthenticationMiddleware,
+    "django.contrib.messages.middleware.MessageMiddleware": MessageMiddleware,
+}

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib.staticfiles.storage import staticfiles_storage
-from django.core.handlers.asgi import ASGIHandler
 from django.db import OperationalError
 from django.http import HttpResponse
 from django.test import RequestFactory, override_settings
 
+from core.handlers import ASGIHandler
 from core.middleware import DatabaseUnavailableMiddleware
 
 ADAPTED = "adapted for middleware"
@@ -21,7 +21,7 @@ def adaptation_messages(caplog) -> list[str]:
     # Django logs each adaptation while it builds the chain, and only with DEBUG on.
     with override_settings(DEBUG=True), caplog.at_level(logging.DEBUG, logger="django.request"):
         caplog.clear()
-        ASGIHandler()  # builds the middleware chain in async mode
+        ASGIHandler()  # builds the middleware chain in async mode, as config.asgi does
     return [r.getMessage() for r in caplog.records if ADAPTED in r.getMessage()]
 
 

@@ -1,0 +1,240 @@
+"""core.handlers.ASGIHandler, driven as an ASGI server drives it: no thread unless the request needs one."""
+
+import asyncio
+import hashlib
+import inspect
+import threading
+import time
+
+import pytest
+from django.core.cache import caches
+from django.core.handlers import asgi as django_asgi
+from django.core.handlers import base as django_base
+from django.db import connections
+from django.test import override_settings
+
+from books.models import Book
+from core import checks
+from core.handlers import ASGIHandler
+
+# Django's code that core.handlers follows line by line. When Django changes
+# it, this fails: compare the new code with core/handlers.py, then update these.
+REVIEWED = {
+    django_asgi.ASGIHandler.handle: "c91f27c7fcdc",
+    django_base.BaseHandler.load_middleware: "b75c13d1041e",
+}
+
+
+@pytest.mark.parametrize("function", REVIEWED, ids=lambda f: f.__qualname__)
+def test_django_code_we_follow_is_unchanged(function):
+    digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:12]
+    assert digest == REVIEWED[function], f"{function.__qualname__} changed in Django: review core/handlers.py"
+
+
+async def asgi_request(
+    app, path: str, query: bytes = b"", method: str = "GET", body: bytes = b"", headers: tuple = ()
+) -> list[dict]:
+    """One HTTP request through `app`, the ASGI way; returns the messages it sent."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict] = []
+    received = False
+    finished = asyncio.Event()
+
+    async def receive() -> dict:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    finished.set()
+    return sent
+
+
+def status(messages: list[dict]) -> int:
+    return messages[0]["status"]
+
+
+def body(messages: list[dict]) -> bytes:
+    return b"".join(m.get("body", b"") for m in messages[1:])
+
+
+async def peak_threads_during(requests: list) -> tuple[int, list]:
+    """Run `requests` concurrently, sampling the process's thread count meanwhile."""
+    peak = threading.active_count()
+    done = False
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done:
+            peak = max(peak, threading.active_count())
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    results = await asyncio.gather(*requests)
+    done = True
+    await sampler
+    return peak, results
+
+
+def thread_growth(app, path: str, query: bytes, concurrency: int) -> tuple[int, list]:
+    # As in a worker, where the startup checks have touched the cache: a cache
+    # without connections to close must not cost a thread either.
+    caches["default"].get("warm")
+
+    async def run() -> tuple[int, list]:
+        before = threading.active_count()
+        peak, results = await peak_threads_during([asgi_request(app, path, query) for _ in range(concurrency)])
+        return peak - before, results
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(("path", "query"), [("/async/", b"seconds=0.3"), ("/now/", b"")])
+def test_async_views_take_no_thread(path, query):
+    growth, results = thread_growth(ASGIHandler(), path, query, concurrency=50)
+    assert all(status(r) == 200 for r in results)
+    assert growth < 3, f"{growth} threads for 50 requests in flight {[t.name for t in threading.enumerate()]}"
+
+
+def test_stock_django_takes_a_thread_per_request():
+    # The control: Django's own handler, same requests, one thread each.
+    growth, results = thread_growth(django_asgi.ASGIHandler(), "/async/", b"seconds=0.3", concurrency=50)
+    assert all(status(r) == 200 for r in results)
+    assert growth >= 25
+
+
+def test_streams_take_no_thread():
+    async def run() -> tuple[int, list]:
+        before = threading.active_count()
+        app = ASGIHandler()
+        peak, results = await peak_threads_during([asgi_request(app, "/events/", b"count=2") for _ in range(30)])
+        return peak - before, results
+
+    growth, results = asyncio.run(run())
+    assert all(status(r) == 200 and body(r).count(b"event: tick") == 2 for r in results)
+    assert growth < 3
+
+
+def pool_stats() -> dict:
+    return connections["default"].pool.get_stats()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_connections_go_back_to_the_pool():
+    Book.objects.create(title="Pooled")
+    connections.close_all()
+    app = ASGIHandler()
+
+    async def run() -> list:
+        requests = []
+        for n in range(60):
+            path = ("/books/", "/now/", "/sync-wrapped/", "/readyz")[n % 4]
+            requests.append(asgi_request(app, path))
+        return await asyncio.gather(*requests)
+
+    results = asyncio.run(run())
+    assert all(status(r) == 200 for r in results), [status(r) for r in results]
+    assert all(body(r) == b"Pooled" for r in results[::4])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and pool_stats().get("pool_available") != pool_stats().get("pool_size"):
+        time.sleep(0.05)
+    stats = pool_stats()
+    assert stats["pool_available"] == stats["pool_size"], stats
+    assert stats.get("requests_waiting", 0) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(API_TOKEN="t0ken")
+def test_writes_through_the_handler():
+    connections.close_all()
+    app = ASGIHandler()
+
+    async def post(token: bytes) -> list:
+        auth = ((b"authorization", b"Bearer " + token),)
+        return await asgi_request(app, "/books/", method="POST", body=b'{"title": "Handled"}', headers=auth)
+
+    assert status(asyncio.run(post(b"wrong"))) == 401
+    assert status(asyncio.run(post(b"t0ken"))) == 201
+    assert list(Book.objects.values_list("title", flat=True)) == ["Handled"]
+    connections.close_all()  # the test's own connection, from this thread
+    stats = pool_stats()
+    assert stats["pool_available"] == stats["pool_size"], stats
+
+
+def test_sync_orm_on_the_event_loop_still_raises():
+    from django.core.exceptions import SynchronousOnlyOperation
+
+    async def mistake() -> int:
+        return Book.objects.count()
+
+    with pytest.raises(SynchronousOnlyOperation):
+        asyncio.run(mistake())
+
+
+def test_blueprint_middleware_passes_the_thread_checks():
+    assert checks.middleware_stays_on_the_event_loop(None) == []
+    assert checks.request_signals_stay_on_the_event_loop(None) == []
+
+
+def test_a_hopping_middleware_is_flagged():
+    paths = ["django.middleware.gzip.GZipMiddleware", "whitenoise.middleware.WhiteNoiseMiddleware"]
+    with override_settings(MIDDLEWARE=paths):
+        messages = checks.middleware_stays_on_the_event_loop(None)
+    assert [m.id for m in messages] == ["core.W010", "core.W010"]
+    assert "MiddlewareMixin" in messages[0].msg and "sync-only" in messages[1].msg
+
+
+def test_a_sync_request_receiver_is_flagged():
+    from django.core.signals import request_started
+
+    def my_receiver(**kwargs: object) -> None:
+        pass
+
+    request_started.connect(my_receiver)
+    try:
+        messages = checks.request_signals_stay_on_the_event_loop(None)
+    finally:
+        request_started.disconnect(my_receiver)
+    assert [m.id for m in messages] == ["core.W011"]
+    assert "my_receiver" in messages[0].msg
+
+
+def test_other_request_receivers_still_run():
+    from django.core.signals import request_finished, request_started
+
+    seen: list[str] = []
+
+    def on_start(**kwargs: object) -> None:
+        seen.append("started")
+
+    async def on_finish(**kwargs: object) -> None:
+        seen.append("finished")
+
+    request_started.connect(on_start)
+    request_finished.connect(on_finish)
+    try:
+        messages = asyncio.run(asgi_request(ASGIHandler(), "/now/"))
+    finally:
+        request_started.disconnect(on_start)
+        request_finished.disconnect(on_finish)
+    assert status(messages) == 200
+    assert seen == ["started", "finished"]
