@@ -2,6 +2,7 @@
 #   app    the Django app under gunicorn with Uvicorn workers (also runs migrations)
 #   nginx  the official nginx image with this project's config and the static files
 #   test   the app image plus the app's own test tools (tests/app)
+#   bench  the app image plus the servers the benchmark races it against (bench/)
 # Copying it: change the paths in the `build` stage if your project is laid out
 # differently. Base images are pinned by tag; to pin a digest, pass one, e.g.
 #   docker compose build --build-arg PYTHON_IMAGE=python:3.13-slim-trixie@sha256:...
@@ -57,6 +58,14 @@ COPY tests/app/ /srv/tests/
 USER 10001:10001
 WORKDIR /srv/tests
 CMD ["pytest"]
+
+# --- bench: the app image plus granian, daphne and the comparison apps, for bench/ ----
+FROM app AS bench
+USER 0
+COPY requirements/app.txt requirements/bench-servers.txt /tmp/requirements/
+RUN pip install --require-hashes --only-binary=:all: -r /tmp/requirements/bench-servers.txt
+COPY bench/raw_asgi.py bench/stock_asgi.py /srv/bench/
+USER 10001:10001
 
 # --- nginx: the front door, with the static files baked in -------------------------------
 FROM ${NGINX_IMAGE} AS nginx

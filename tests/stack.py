@@ -50,6 +50,8 @@ class Stack:
     edge_subnet: str = field(default_factory=lambda: os.environ.get("STACK_EDGE_SUBNET", "172.30.81.0/24"))
     port: int = field(default_factory=free_port)
     api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # More compose files on top of docker-compose.yml (the benchmark's, say).
+    extra_files: list[Path] = field(default_factory=list)
     env_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +76,8 @@ class Stack:
     # --- docker compose ------------------------------------------------------------
     def compose_args(self, *args: str, with_tests: bool = False) -> list[str]:
         files = ["-f", str(ROOT / "docker-compose.yml")]
+        for extra in self.extra_files:
+            files += ["-f", str(extra)]
         if with_tests:
             files += ["-f", str(TEST_COMPOSE)]
         return ["docker", "compose", "-p", self.project, "--project-directory", str(ROOT),

@@ -1,0 +1,230 @@
+"""The benchmark: the same app image under each server, behind the same nginx, against the same Postgres.
+
+    bench/run [--servers blueprint,gthread,...] [--workloads now,books,sleep,streams]
+              [--duration 10] [--repeat 2] [--workers N] [--stream-levels 1000,2000,...] [--out DIR] [--quick]
+
+It starts its own copy of the stack (project async-django-bench, a free port
+on 127.0.0.1), swaps the app container's command for each server, drives it
+with wrk through nginx, samples the app container's memory and threads, and
+removes everything when it ends. Results: printed, and written to
+DIR/results.md, results.json and chart.png (DIR defaults to bench/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import report, wrk
+from bench.sample import PeakSampler, usage
+from bench.servers import BY_NAME, SERVERS, Server
+from tests.stack import ROOT, Stack
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    path: str
+    connections: int
+    seconds_factor: float = 1.0  # relative to --duration
+
+
+WORKLOADS = {
+    "now": Workload("now", "(a) plain async view: GET /now/, 50 connections", "/now/", 50),
+    "books": Workload("books", "(b) async ORM read: GET /books/ over 20 rows, 50 connections", "/books/", 50),
+    "sleep": Workload(
+        "sleep", "(c) GET /async/?seconds=1, 1,000 connections (limit 1,000 req/s)", "/async/?seconds=1", 1000, 1.5
+    ),
+}
+STREAM_PATH = "/events/?count=10"  # a stream lasts nine seconds
+
+
+@dataclass
+class Measurement:
+    server: str
+    workload: str
+    runs: list[dict] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    peak_threads: int = 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--servers", default=",".join(s.name for s in SERVERS))
+    parser.add_argument("--workloads", default="now,books,sleep,streams")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per server and workload (default 2)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers per server (default: cores)")
+    parser.add_argument("--stream-levels", default="1000,2000,3000,4000,5000")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--quick", action="store_true", help="a tiny load, to check that the command works")
+    args = parser.parse_args(argv)
+    unknown = set(args.servers.split(",")) - set(BY_NAME)
+    if unknown:
+        parser.error(f"unknown servers {sorted(unknown)}; choose from {', '.join(BY_NAME)}")
+    unknown = set(args.workloads.split(",")) - {*WORKLOADS, "streams"}
+    if unknown:
+        parser.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join([*WORKLOADS, 'streams'])}")
+    if args.duration <= 0 or args.repeat < 1 or args.workers < 1:
+        parser.error("--duration, --repeat and --workers must be positive")
+    try:
+        args.levels = [int(n) for n in args.stream_levels.split(",")]
+    except ValueError:
+        parser.error("--stream-levels takes whole numbers separated by commas, e.g. 1000,2000")
+    return args
+
+
+def raise_open_files_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, max(soft, needed))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if wanted < needed:
+        print(f"bench: open-files limit {wanted} < {needed}: the largest stream levels may fail on the client side")
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")))  # fmt: skip
+    docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "docker": docker.stdout.strip(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stack = Stack(project="async-django-bench", extra_files=[ROOT / "bench" / "compose.bench.yml"])
+        self.url = f"http://127.0.0.1:{self.stack.port}"
+
+    def env(self, server: Server) -> dict[str, str]:
+        return {
+            "GUNICORN_WORKERS": str(self.args.workers),
+            "BENCH_APP_COMMAND": server.app_command(self.args.workers),
+            "EDGE_SUBNET": "172.30.89.0/24",
+        }
+
+    def start(self, server: Server) -> None:
+        self.stack.write_env(self.env(server))
+        self.stack.compose("up", "--detach", "--wait", "--wait-timeout", "120", "--force-recreate", "--no-deps", "app")
+        self.stack.compose("up", "--detach", "--wait", "--wait-timeout", "60", "--force-recreate", "--no-deps", "nginx")
+
+    def seed_books(self) -> None:
+        code = (
+            "from books.models import Book\n"
+            "missing = 20 - Book.objects.count()\n"
+            "Book.objects.bulk_create([Book(title=f'Book {n:02}') for n in range(max(0, missing))])\n"
+        )
+        self.stack.exec("app", "python", "manage.py", "shell", "-c", code)
+
+    def load(self, path: str, connections: int, seconds: float) -> tuple[wrk.WrkResult, PeakSampler]:
+        with PeakSampler(self.stack.container_id("app")) as sampler:
+            result = wrk.run(self.url + path, connections, seconds, timeout_s=30)
+        return result, sampler
+
+    def throughput(self, server: Server, workload: Workload) -> Measurement:
+        measurement = Measurement(server.name, workload.name)
+        seconds = self.args.duration * workload.seconds_factor
+        connections = min(workload.connections, 50) if self.args.quick else workload.connections
+        wrk.run(self.url + workload.path, min(connections, 50), 1, timeout_s=30)  # warm-up
+        for _ in range(self.args.repeat):
+            result, sampler = self.load(workload.path, connections, seconds)
+            measurement.runs.append(asdict(result))
+            measurement.peak_rss_mb = max(measurement.peak_rss_mb, sampler.peak.rss_mb)
+            measurement.peak_threads = max(measurement.peak_threads, sampler.peak.threads)
+        return measurement
+
+    def streams(self, server: Server) -> dict:
+        idle = usage(self.stack.container_id("app"))
+        levels, held = [], 0
+        for level in self.args.levels:
+            result, sampler = self.load(STREAM_PATH, level, max(self.args.duration, 12))
+            ok = result.non_2xx == 0 and result.socket_errors == 0 and result.requests >= level
+            levels.append({"streams": level, "ok": ok, **asdict(result), "peak_rss_mb": sampler.peak.rss_mb,
+                           "peak_threads": sampler.peak.threads})  # fmt: skip
+            if not ok:
+                break
+            held = level
+            time.sleep(2)  # let the last streams close before the next level
+        at_first = levels[0]
+        return {
+            "server": server.name,
+            "max_streams_without_errors": held,
+            "levels": levels,
+            "idle_threads": idle.threads,
+            "idle_rss_mb": idle.rss_mb,
+            "reference_streams": at_first["streams"],
+            "rss_mb_at_reference": at_first["peak_rss_mb"],
+            "threads_at_reference": at_first["peak_threads"],
+            "threads_per_stream": (at_first["peak_threads"] - idle.threads) / at_first["streams"],
+        }
+
+    def run(self) -> dict:
+        args = self.args
+        servers = [BY_NAME[name] for name in args.servers.split(",")]
+        workloads = args.workloads.split(",")
+        raise_open_files_limit(max(args.levels) + 2000)
+        results: dict = {"machine": machine(), "workers": args.workers, "duration_s": args.duration,
+                         "repeat": args.repeat, "throughput": [], "streams": []}  # fmt: skip
+        print(f"bench: building images and starting the stack on {self.url} ...", flush=True)
+        self.stack.compose("down", "--volumes", "--remove-orphans", check=False)
+        try:
+            self.stack.compose("build", "--quiet", timeout=1800)
+            self.stack.write_env(self.env(servers[0]))
+            self.stack.up()
+            self.seed_books()
+            for server in servers:
+                print(f"bench: {server.name}: {server.description}", flush=True)
+                self.start(server)
+                for name in workloads:
+                    if name in server.skips:
+                        continue
+                    if name == "streams":
+                        outcome = self.streams(server)
+                        results["streams"].append(outcome)
+                        print(f"  streams: {outcome['max_streams_without_errors']} held without errors, "
+                              f"{outcome['threads_per_stream']:.3f} threads per stream", flush=True)  # fmt: skip
+                    else:
+                        measurement = self.throughput(server, WORKLOADS[name])
+                        results["throughput"].append(asdict(measurement))
+                        rates = ", ".join(f"{r['requests_per_s']:.0f}" for r in measurement.runs)
+                        print(f"  {name}: {rates} req/s", flush=True)
+        finally:
+            self.stack.down()
+        return results
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.duration, args.repeat, args.levels = 2.0, 1, [50]
+    wrk.find_wrk()
+    results = Bench(args).run()
+    results["workloads"] = {name: w.title for name, w in WORKLOADS.items()}
+    results["servers"] = {s.name: s.description for s in SERVERS}
+    paths = report.write(results, args.out)
+    print(report.markdown(results))
+    print("bench: wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,119 @@
+"""The benchmark's report: Markdown tables, the raw numbers as JSON, and a chart."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def spread(values: list[float]) -> float:
+    """Run-to-run noise of one server on one workload: (max - min) / mean."""
+    if len(values) < 2 or not mean(values):
+        return 0.0
+    return (max(values) - min(values)) / mean(values)
+
+
+def summarise(results: dict) -> dict[str, list[dict]]:
+    """Per workload, one row per server with means over the repeats and the ratio to the blueprint."""
+    tables: dict[str, list[dict]] = {}
+    for m in results["throughput"]:
+        runs = m["runs"]
+        rates = [r["requests_per_s"] for r in runs]
+        tables.setdefault(m["workload"], []).append({
+            "server": m["server"],
+            "requests_per_s": mean(rates),
+            "noise": spread(rates),
+            "p50_ms": mean([r["p50_ms"] for r in runs]),
+            "p99_ms": mean([r["p99_ms"] for r in runs]),
+            "non_2xx": sum(r["non_2xx"] for r in runs),
+            "socket_errors": sum(r["socket_errors"] for r in runs),
+            "peak_rss_mb": m["peak_rss_mb"],
+            "peak_threads": m["peak_threads"],
+        })  # fmt: skip
+    for rows in tables.values():
+        base = next((r["requests_per_s"] for r in rows if r["server"] == "blueprint"), None)
+        for row in rows:
+            row["ratio"] = row["requests_per_s"] / base if base else float("nan")
+    return tables
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"{m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, kernel {m['kernel']}, "
+        f"Docker {m['docker']}. {results['workers']} workers per server, {results['duration_s']:g} s per run, "
+        f"{results['repeat']} run(s) each; wrk on the same machine, through nginx.",
+        "",
+    ]
+    tables = summarise(results)
+    noise = max((row["noise"] for rows in tables.values() for row in rows), default=0.0)
+    for name, rows in tables.items():
+        lines += [f"## {results['workloads'].get(name, name)}", ""]
+        lines += ["| server | req/s | ratio to blueprint | run-to-run spread | p50 ms | p99 ms | non-2xx | "
+                  "socket errors | peak RSS MB | threads |", "|" + " --- |" * 10]  # fmt: skip
+        for r in sorted(rows, key=lambda r: -r["requests_per_s"]):
+            lines.append(
+                f"| {r['server']} | {r['requests_per_s']:.0f} | {r['ratio']:.2f} | {r['noise']:.1%} | "
+                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non_2xx']} | {r['socket_errors']} | "
+                f"{r['peak_rss_mb']:.0f} | {r['peak_threads']} |"
+            )
+        lines.append("")
+    if tables:
+        lines += [f"Run-to-run noise (largest spread between repeats of one server): {noise:.1%}.", ""]
+    if results["streams"]:
+        ref = results["streams"][0]["reference_streams"]
+        lines += ["## (d) held Server-Sent Events streams (GET /events/?count=10)", ""]
+        lines += [f"| server | most streams held with zero errors | RSS MB at {ref} | threads at {ref} | "
+                  "idle threads | threads per stream |", "|" + " --- |" * 6]  # fmt: skip
+        for s in results["streams"]:
+            lines.append(
+                f"| {s['server']} | {s['max_streams_without_errors']} | {s['rss_mb_at_reference']:.0f} | "
+                f"{s['threads_at_reference']} | {s['idle_threads']} | {s['threads_per_stream']:.3f} |"
+            )
+        lines.append("")
+    lines += ["Servers:", ""] + [f"- {name}: {text}" for name, text in results["servers"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = summarise(results)
+    panels = len(tables) + (1 if results["streams"] else 0)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(5 * max(panels, 1), 4.5), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], tables.items(), strict=False):
+        rows = sorted(rows, key=lambda r: -r["requests_per_s"])
+        colors = ["tab:green" if r["server"] == "blueprint" else "tab:gray" for r in rows]
+        ax.bar([r["server"] for r in rows], [r["requests_per_s"] for r in rows], color=colors)
+        ax.set_title(results["workloads"].get(name, name), fontsize=9)
+        ax.set_ylabel("requests/s")
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+    if results["streams"]:
+        ax = axes[0][panels - 1]
+        rows = sorted(results["streams"], key=lambda s: -s["max_streams_without_errors"])
+        colors = ["tab:green" if s["server"] == "blueprint" else "tab:gray" for s in rows]
+        ax.bar([s["server"] for s in rows], [s["max_streams_without_errors"] for s in rows], color=colors)
+        ax.set_title("(d) streams held with zero errors", fontsize=9)
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    md, js, png = out / "results.md", out / "results.json", out / "chart.png"
+    md.write_text(markdown(results))
+    js.write_text(json.dumps({**results, "summary": summarise(results)}, indent=2, default=str))
+    chart(results, png)
+    return [md, js, png]

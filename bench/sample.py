@@ -1,0 +1,57 @@
+"""Sampling an app container while load runs: peak resident memory and OS threads."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from dataclasses import dataclass
+
+SCRIPT = "for f in /proc/[0-9]*/status; do cat $f 2>/dev/null; done"
+# The processes of the sampling command itself are not the app's.
+SAMPLER_NAMES = {"sh", "cat"}
+
+
+@dataclass
+class Usage:
+    rss_mb: float
+    threads: int
+
+
+def usage(container: str) -> Usage:
+    """Sum of VmRSS and Threads over the container's processes, right now."""
+    out = subprocess.run(["docker", "exec", container, "sh", "-c", SCRIPT], capture_output=True, text=True,
+                         timeout=30).stdout  # fmt: skip
+    rss_kb = threads = 0
+    for block in out.split("Name:")[1:]:
+        name = block.split(None, 1)[0]
+        if name in SAMPLER_NAMES:
+            continue
+        rss = re.search(r"^VmRSS:\s+(\d+) kB", block, re.M)
+        count = re.search(r"^Threads:\s+(\d+)", block, re.M)
+        rss_kb += int(rss.group(1)) if rss else 0
+        threads += int(count.group(1)) if count else 0
+    return Usage(rss_mb=rss_kb / 1024, threads=threads)
+
+
+class PeakSampler:
+    """Samples usage() about once a second in the background; keeps the peak."""
+
+    def __init__(self, container: str) -> None:
+        self.container = container
+        self.peak = Usage(0.0, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            now = usage(self.container)
+            self.peak = Usage(max(self.peak.rss_mb, now.rss_mb), max(self.peak.threads, now.threads))
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=35)
