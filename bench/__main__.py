@@ -45,7 +45,10 @@ WORKLOADS = {
         "sleep", "(c) GET /async/?seconds=1, 1,000 connections (limit 1,000 req/s)", "/async/?seconds=1", 1000, 1.5
     ),
 }
-STREAM_PATH = "/events/?count=10"  # a stream lasts nine seconds
+# A stream lasts five seconds; each connection holds one after another for
+# STREAM_SECONDS, so about N streams are open at once at level N.
+STREAM_PATH = "/events/?count=6"
+STREAM_SECONDS = 16
 
 
 @dataclass
@@ -156,7 +159,7 @@ class Bench:
         idle = usage(self.stack.container_id("app"))
         levels, held = [], 0
         for level in self.args.levels:
-            result, sampler = self.load(STREAM_PATH, level, max(self.args.duration, 12))
+            result, sampler = self.load(STREAM_PATH, level, 7 if self.args.quick else STREAM_SECONDS)
             ok = result.non_2xx == 0 and result.socket_errors == 0 and result.requests >= level
             levels.append({"streams": level, "ok": ok, **asdict(result), "peak_rss_mb": sampler.peak.rss_mb,
                            "peak_threads": sampler.peak.threads})  # fmt: skip

@@ -69,7 +69,7 @@ def markdown(results: dict) -> str:
         lines += [f"Run-to-run noise (largest spread between repeats of one server): {noise:.1%}.", ""]
     if results["streams"]:
         ref = results["streams"][0]["reference_streams"]
-        lines += ["## (d) held Server-Sent Events streams (GET /events/?count=10)", ""]
+        lines += ["## (d) held Server-Sent Events streams (GET /events/?count=6, one after another per connection)", ""]
         lines += [f"| server | most streams held with zero errors | RSS MB at {ref} | threads at {ref} | "
                   "idle threads | threads per stream |", "|" + " --- |" * 6]  # fmt: skip
         for s in results["streams"]:

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
 # system checks core.W010 and core.W011 warn when something added here, or to
 # the request signals, would cost a thread per request. See docs/async-safety.md.
 MIDDLEWARE = [
+    "core.metrics.MetricsMiddleware",
     "core.middleware.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "core.middleware.StaticFilesMiddleware",
@@ -137,6 +138,11 @@ STORAGES = {
 # POST /books/ needs "Authorization: Bearer <API_TOKEN>"; without a token
 # configured, writes are refused (403).
 API_TOKEN = secret("API_TOKEN")
+
+# --- Metrics (core/metrics.py) -----------------------------------------------------------
+# The port on which /metrics is served: gunicorn.conf.py binds it and sets this;
+# under another server, or empty, no metrics are served.
+METRICS_PORT = env("METRICS_PORT", default="")
 
 # --- Internationalisation ----------------------------------------------------------
 LANGUAGE_CODE = "en-us"

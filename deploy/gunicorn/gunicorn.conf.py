@@ -7,6 +7,7 @@ Copying it: keep it beside workers.py; set the variables in .env (documented in
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 
@@ -63,6 +64,32 @@ max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 0)
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+# --- Metrics (app/core/metrics.py) ------------------------------------------------------------
+# A second port for Prometheus: nginx proxies only the first, so /metrics is
+# reachable inside the container network and nowhere else. Empty: no metrics port.
+metrics_port = os.environ.get("METRICS_PORT", "9100")
+if metrics_port:
+    bind.append(f"0.0.0.0:{_int('METRICS_PORT', 9100)}")
+    os.environ["METRICS_PORT"] = metrics_port  # tells Django (settings.METRICS_PORT) which port it is
+    # Where the workers leave their numbers for each other; in memory, wiped at start.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/dev/shm/metrics")  # noqa: S108  (private to the container)
+
+
+def on_starting(server: object) -> None:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+
+
+def child_exit(server: object, worker: object) -> None:
+    # A dead worker's gauges must not count any more; its counters still do.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
 
 # --- A read-only root filesystem ----------------------------------------------------------
 # The heartbeat files go to memory, not to the image's /tmp.

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from asgi_client import asgi_request, body, status
 from django.core.cache import caches
 from django.core.handlers import asgi as django_asgi
 from django.core.handlers import base as django_base
@@ -29,52 +30,6 @@ REVIEWED = {
 def test_django_code_we_follow_is_unchanged(function):
     digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:12]
     assert digest == REVIEWED[function], f"{function.__qualname__} changed in Django: review core/handlers.py"
-
-
-async def asgi_request(
-    app, path: str, query: bytes = b"", method: str = "GET", body: bytes = b"", headers: tuple = ()
-) -> list[dict]:
-    """One HTTP request through `app`, the ASGI way; returns the messages it sent."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query,
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *headers],
-        "client": ("127.0.0.1", 40000),
-        "server": ("testserver", 80),
-    }
-    sent: list[dict] = []
-    received = False
-    finished = asyncio.Event()
-
-    async def receive() -> dict:
-        nonlocal received
-        if not received:
-            received = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await finished.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    finished.set()
-    return sent
-
-
-def status(messages: list[dict]) -> int:
-    return messages[0]["status"]
-
-
-def body(messages: list[dict]) -> bytes:
-    return b"".join(m.get("body", b"") for m in messages[1:])
 
 
 async def peak_threads_during(requests: list) -> tuple[int, list]:

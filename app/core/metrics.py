@@ -1,0 +1,89 @@
+"""Prometheus metrics: requests and latency per route, and the database pool, over all workers.
+
+Each gunicorn worker writes its numbers to files in PROMETHEUS_MULTIPROC_DIR
+(set by deploy/gunicorn/gunicorn.conf.py), and whichever worker answers a
+scrape adds them all up, so the totals are right however many workers there
+are. The metrics are served on METRICS_PORT (9100), a second port gunicorn
+binds and nginx never proxies; on the public port, /metrics is a 404.
+Without PROMETHEUS_MULTIPROC_DIR (one process, e.g. uvicorn alone) the
+numbers are the process's own.
+https://prometheus.github.io/client_python/multiprocess/
+"""
+
+import os
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.exposition import generate_latest
+
+from core.middleware import AsyncMiddleware
+
+REQUESTS = Counter("app_requests_total", "HTTP requests answered, by route", ["method", "route", "status"])
+LATENCY = Histogram(
+    "app_request_duration_seconds",
+    "Time to the response (to its first byte, for a stream), by route",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+# Sums over the live workers: connections open, idle in the pool, and requests waiting for one.
+POOL_SIZE = Gauge("app_db_pool_connections", "Database connections the pool holds", multiprocess_mode="livesum")
+POOL_IDLE = Gauge("app_db_pool_idle_connections", "Pooled connections not in use", multiprocess_mode="livesum")
+POOL_WAITING = Gauge("app_db_pool_requests_waiting", "Requests waiting for a connection", multiprocess_mode="livesum")
+POOL_REFRESH_SECONDS = 1.0
+
+
+def route_of(request: HttpRequest) -> str:
+    """The URL pattern that matched ("books/"), never the raw path: labels stay few."""
+    match = getattr(request, "resolver_match", None)
+    if match is not None and match.route:
+        return match.route
+    return request.path_info if request.path_info in ("/healthz", "/readyz") else "unmatched"
+
+
+def render() -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+class MetricsMiddleware(AsyncMiddleware):
+    """Counts and times every request on the event loop; serves /metrics on the metrics port only."""
+
+    def __init__(self, get_response: object) -> None:
+        super().__init__(get_response)
+        self.metrics_port = str(settings.METRICS_PORT or "")
+        self.pool_refreshed = 0.0
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        if self.metrics_port and request.META.get("SERVER_PORT") == self.metrics_port:
+            if request.path_info != "/metrics":
+                return HttpResponseNotFound("metrics only\n", content_type="text/plain")
+            body = await sync_to_async(render, thread_sensitive=False)()  # reads the workers' files
+            return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+        started = time.perf_counter()
+        response = await self.get_response(request)
+        route = route_of(request)
+        LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        self.refresh_pool_gauges()
+        return response
+
+    def refresh_pool_gauges(self) -> None:
+        now = time.monotonic()
+        if now - self.pool_refreshed < POOL_REFRESH_SECONDS:
+            return
+        self.pool_refreshed = now
+        pool = connections["default"].pool
+        if pool is None:
+            return
+        stats = pool.get_stats()
+        POOL_SIZE.set(stats.get("pool_size", 0))
+        POOL_IDLE.set(stats.get("pool_available", 0))
+        POOL_WAITING.set(stats.get("requests_waiting", 0))

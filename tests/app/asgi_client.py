@@ -1,0 +1,55 @@
+"""Driving an ASGI application the way an ASGI server does, for tests: real scope, receive and send."""
+
+import asyncio
+
+
+async def asgi_request(
+    app,
+    path: str,
+    query: bytes = b"",
+    method: str = "GET",
+    body: bytes = b"",
+    headers: tuple = (),
+    server: tuple[str, int] = ("testserver", 80),
+) -> list[dict]:
+    """One HTTP request through `app`, the ASGI way; returns the messages it sent."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 40000),
+        "server": server,
+    }
+    sent: list[dict] = []
+    received = False
+    finished = asyncio.Event()
+
+    async def receive() -> dict:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    finished.set()
+    return sent
+
+
+def status(messages: list[dict]) -> int:
+    return messages[0]["status"]
+
+
+def body(messages: list[dict]) -> bytes:
+    return b"".join(m.get("body", b"") for m in messages[1:])
