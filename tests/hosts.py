@@ -1,0 +1,363 @@
+"""The deployment targets in deploy/, read into one shape, and the one list of variables.
+
+Each target (a Kubernetes overlay, Cloud Run, Fly.io, Render, ECS) is read from
+its own files into a :class:`Target`: how the host starts the image (settings,
+secrets, user, filesystem), where it sends requests, what it probes, how it
+stops a container and how it runs the migrations. tests/test_manifests.py
+checks these on paper; tests/test_container_hosts.py runs the image that way.
+
+The variables come from .env.example alone (:func:`registry`): every name, its
+default in brackets, ``(required)`` for what a deployment must set, and the
+"Secrets" section for what may also come as a ``NAME_FILE``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import cache, partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.stack import ROOT
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+DEPLOY = ROOT / "deploy"
+OVERLAYS = sorted(path.parent for path in (DEPLOY / "k8s" / "overlays").glob("*/kustomization.yaml"))
+KUBECTL = Path(sys.executable).parent / "kubectl"
+
+# Cloud Run sends SIGTERM, then SIGKILL ten seconds later; the time is fixed.
+# https://cloud.google.com/run/docs/container-contract#instance-shutdown
+CLOUD_RUN_SHUTDOWN_SECONDS = 10
+# Render's port when the service does not set PORT itself.
+# https://render.com/docs/web-services#port-binding
+RENDER_DEFAULT_PORT = 10000
+
+
+# --- The one list of variables: .env.example ---------------------------------------------
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str | None  # the text in brackets, if any
+    required: bool  # marked (required): a deployment must set it
+    secret: bool  # in the Secrets section: NAME_FILE works too
+
+
+ASSIGNMENT = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=")
+SECTION = re.compile(r"^# -+ (.+?) -+$")
+
+
+def _bracket_groups(text: str) -> list[str]:
+    """The leading [...] groups of a comment, brackets nested: "[2] [10] x" -> ["2", "10"]."""
+    groups, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "[":
+            depth += 1
+            if depth == 1:
+                start = i + 1
+        elif char == "]":
+            depth -= 1
+            if depth == 0:
+                groups.append(text[start:i])
+        elif depth == 0 and not char.isspace():
+            break
+    return groups
+
+
+def registry(path: Path = ROOT / ".env.example") -> dict[str, Variable]:
+    """Every variable in .env.example, set or commented out, with what its comment says."""
+    variables: dict[str, Variable] = {}
+    section, comments, names = "", [], []
+
+    def close_block() -> None:
+        text = " ".join(comments)
+        groups = _bracket_groups(comments[0]) if comments else []
+        for i, name in enumerate(names):
+            default = groups[0] if len(groups) == 1 else (groups[i] if i < len(groups) else None)
+            variables[name] = Variable(name, default, "(required)" in text, section.startswith("Secrets"))
+        comments.clear()
+        names.clear()
+
+    for line in path.read_text().splitlines():
+        line = line.rstrip()
+        if match := SECTION.match(line):
+            close_block()
+            section = match.group(1)
+        elif match := ASSIGNMENT.match(line):
+            names.append(match.group(1))
+        elif line.startswith("#"):
+            if names:  # a comment after assignments starts the next block
+                close_block()
+            comments.append(line.lstrip("#").strip())
+        else:
+            close_block()
+    close_block()
+    return variables
+
+
+def read_by_the_image() -> set[str]:
+    """The variables the app image reads: its settings and gunicorn's config, as written in the code."""
+    reader = r"(?:\benv(?:\.\w+)?|\bsecret|\b_int|os\.environ\.get|os\.getenv)"
+    call = re.compile(reader + r"""\(\s*["']([A-Z][A-Z0-9_]+)["']""")
+    sources = [*(ROOT / "app" / "config").glob("*.py"), *(ROOT / "deploy" / "gunicorn").glob("*.py")]
+    return {name for source in sources for name in call.findall(source.read_text())}
+
+
+def secrets_in_the_code() -> set[str]:
+    """The variables settings.py reads through config.env.secret (which accepts NAME_FILE)."""
+    return set(re.findall(r"""\bsecret\(\s*["']([A-Z][A-Z0-9_]+)["']""", (ROOT / "app/config/settings.py").read_text()))
+
+
+# --- The targets ------------------------------------------------------------------------------
+@dataclass
+class Workload:
+    """One container a target starts from the image: its environment and its confinement."""
+
+    env: dict[str, str]  # plain values from the manifest
+    secrets: set[str] = field(default_factory=set)  # filled in by the host's secret store
+    secret_files: dict[str, str] = field(default_factory=dict)  # NAME_FILE -> a mounted secret file
+    host_env: dict[str, str] = field(default_factory=dict)  # put there by the host itself
+    command: list[str] | None = None  # None: the image's CMD (gunicorn)
+    read_only: bool = False
+    tmpfs: list[str] = field(default_factory=list)  # writable mounts on a read-only root
+    user: str | None = None  # None: the image's USER
+    drop_all_capabilities: bool = False
+
+    def names(self) -> set[str]:
+        return set(self.env) | self.secrets | set(self.secret_files) | set(self.host_env)
+
+
+@dataclass
+class Target:
+    name: str
+    web: Workload
+    migrate: Workload
+    port: int  # the container port the host sends requests to
+    probes: list[str]  # HTTP paths the host checks
+    stop_signal: str
+    grace: float  # seconds from the stop signal to SIGKILL
+    pause_before_stop: float = 0  # Kubernetes' preStop: the pod serves on, then gets the signal
+    check_command: list[str] | None = None  # run inside the container as the host's health check
+    gate: Workload | None = None  # Kubernetes' init container that waits for the migrations
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def render_overlay(overlay: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize`: the overlay as the API server would get it, offline."""
+    result = subprocess.run([str(KUBECTL), "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {overlay} failed:\n{result.stderr}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod template) of every workload in a rendering."""
+    kinds = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]) for d in docs if d["kind"] in kinds]
+
+
+def _k8s_workload(docs: list[dict[str, Any]], pod: dict[str, Any], container: dict[str, Any]) -> Workload:
+    configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in find(docs, "ConfigMap")}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+    secret_dirs = [path for path, volume in mounts.items() if "secret" in volume]
+    workload = Workload(env={}, command=(container.get("command", []) + container.get("args", [])) or None)
+    for source in container.get("envFrom", []):
+        workload.env.update(configmaps[source["configMapRef"]["name"]])
+    for var in container.get("env", []):
+        name, value_from = var["name"], var.get("valueFrom", {})
+        if "secretKeyRef" in value_from:
+            workload.secrets.add(name)
+        elif "configMapKeyRef" in value_from:
+            ref = value_from["configMapKeyRef"]
+            workload.env[name] = configmaps[ref["name"]][ref["key"]]
+        elif name.endswith("_FILE") and any(var["value"].startswith(d + "/") for d in secret_dirs):
+            workload.secret_files[name] = var["value"]
+        else:
+            workload.env[name] = var.get("value", "")
+    pod_context, context = pod.get("securityContext", {}), container.get("securityContext", {})
+    uid = context.get("runAsUser", pod_context.get("runAsUser"))
+    gid = context.get("runAsGroup", pod_context.get("runAsGroup"))
+    workload.user = f"{uid}:{gid}" if uid is not None else None
+    workload.read_only = bool(context.get("readOnlyRootFilesystem"))
+    workload.tmpfs = [path for path, volume in mounts.items() if "emptyDir" in volume]
+    workload.drop_all_capabilities = "ALL" in context.get("capabilities", {}).get("drop", [])
+    return workload
+
+
+def kubernetes(overlay: Path) -> Target:
+    docs = render_overlay(overlay)
+    (deployment,) = find(docs, "Deployment", "app")
+    pod = deployment["spec"]["template"]["spec"]
+    (app,) = [c for c in pod["containers"] if c["name"] == "app"]
+    (job,) = find(docs, "Job", "migrate")
+    job_pod = job["spec"]["template"]["spec"]
+    (gate,) = [c for c in pod.get("initContainers", []) if c["name"] == "wait-for-migrations"]
+    pre_stop = app.get("lifecycle", {}).get("preStop", {})
+    return Target(
+        name=f"kubernetes-{overlay.name}",
+        web=_k8s_workload(docs, pod, app),
+        migrate=_k8s_workload(docs, job_pod, job_pod["containers"][0]),
+        gate=_k8s_workload(docs, pod, gate),
+        port=next(p["containerPort"] for p in app["ports"] if p.get("name") == "http"),
+        probes=[app[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe") if p in app],
+        stop_signal="SIGTERM",
+        grace=pod.get("terminationGracePeriodSeconds", 30),
+        pause_before_stop=pre_stop.get("sleep", {}).get("seconds", 0),
+        notes={"docs": docs},
+    )
+
+
+def _knative_workload(container: dict[str, Any]) -> Workload:
+    workload = Workload(env={}, command=(container.get("command", []) + container.get("args", [])) or None)
+    for var in container.get("env", []):
+        if "secretKeyRef" in var.get("valueFrom", {}):
+            workload.secrets.add(var["name"])
+        else:
+            workload.env[var["name"]] = var.get("value", "")
+    return workload
+
+
+def cloud_run() -> Target:
+    service_file, job_file = DEPLOY / "cloudrun" / "service.yaml", DEPLOY / "cloudrun" / "migrate-job.yaml"
+    service, job = yaml.safe_load(service_file.read_text()), yaml.safe_load(job_file.read_text())
+    (container,) = service["spec"]["template"]["spec"]["containers"]
+    (job_container,) = job["spec"]["template"]["spec"]["template"]["spec"]["containers"]
+    port = container["ports"][0]["containerPort"]
+    web = _knative_workload(container)
+    web.host_env["PORT"] = str(port)  # Cloud Run sets PORT to the container port
+    return Target(
+        name="cloud-run",
+        web=web,
+        migrate=_knative_workload(job_container),
+        port=port,
+        probes=[container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe") if p in container],
+        stop_signal="SIGTERM",
+        grace=CLOUD_RUN_SHUTDOWN_SECONDS,
+        notes={"service": service, "job": job},
+    )
+
+
+def fly_secrets() -> set[str]:
+    """The names docs/fly.md sets with `fly secrets set` (fly.toml never holds secrets)."""
+    text = (ROOT / "docs" / "fly.md").read_text().replace("\\\n", " ")
+    commands = re.findall(r"fly secrets set (.*)", text)
+    return {name for command in commands for name in re.findall(r"\b([A-Z][A-Z0-9_]*)=", command)}
+
+
+def _seconds(value: int | str) -> float:
+    """fly.toml durations: 30, "30s" or "1m"."""
+    if isinstance(value, int):
+        return value
+    number, unit = re.fullmatch(r"(\d+)([sm]?)", value).groups()
+    return int(number) * (60 if unit == "m" else 1)
+
+
+def fly() -> Target:
+    path = DEPLOY / "fly" / "fly.toml"
+    config = tomllib.loads(path.read_text())
+    env = {key: str(value) for key, value in config.get("env", {}).items()}
+    web = Workload(env=env, secrets=fly_secrets())
+    service = config["http_service"]
+    return Target(
+        name="fly",
+        web=web,
+        # The release command runs in a temporary Machine with the app's env and secrets.
+        migrate=replace(web, command=shlex.split(config["deploy"]["release_command"])),
+        port=service["internal_port"],
+        probes=[check["path"] for check in service.get("checks", [])],
+        stop_signal=config.get("kill_signal", "SIGINT"),
+        grace=_seconds(config.get("kill_timeout", 5)),
+        notes={"config": config},
+    )
+
+
+def render() -> Target:
+    path = DEPLOY / "render" / "render.yaml"
+    blueprint = yaml.safe_load(path.read_text())
+    (service,) = [s for s in blueprint["services"] if s["type"] == "web"]
+    web = Workload(env={})
+    for var in service.get("envVars", []):
+        key = var["key"]
+        if "value" in var:
+            web.env[key] = str(var["value"])
+        elif "fromDatabase" in var:
+            ref = var["fromDatabase"]
+            web.host_env[key] = f"<{ref['property']} of {ref['name']}>"
+        else:  # generateValue or sync: false: a secret Render generates or asks for
+            web.secrets.add(key)
+    if "PORT" not in web.env:
+        web.host_env["PORT"] = str(RENDER_DEFAULT_PORT)
+    return Target(
+        name="render",
+        web=web,
+        migrate=replace(web, command=shlex.split(service["preDeployCommand"])),
+        port=int(web.env.get("PORT", RENDER_DEFAULT_PORT)),
+        probes=[service["healthCheckPath"]],
+        stop_signal="SIGTERM",
+        grace=service.get("maxShutdownDelaySeconds", 30),
+        notes={"blueprint": blueprint, "service": service},
+    )
+
+
+def ecs() -> Target:
+    files = [DEPLOY / "ecs" / name for name in ("task-definition.yaml", "service.yaml", "migrate-task.yaml")]
+    task, service, migrate_task = (yaml.safe_load(path.read_text()) for path in files)
+    (container,) = [c for c in task["containerDefinitions"] if c["name"] == "app"]
+    task_volumes = {v["name"]: v for v in task.get("volumes", [])}
+    # A volume with no host path and no EFS or Docker volume is the task's own storage.
+    storage_keys = ("host", "efsVolumeConfiguration", "dockerVolumeConfiguration")
+    web = Workload(
+        env={e["name"]: e["value"] for e in container.get("environment", [])},
+        secrets={s["name"] for s in container.get("secrets", [])},
+        read_only=bool(container.get("readonlyRootFilesystem")),
+        tmpfs=[
+            m["containerPath"]
+            for m in container.get("mountPoints", [])
+            if not any(key in task_volumes[m["sourceVolume"]] for key in storage_keys)
+        ],
+        user=container.get("user"),
+        drop_all_capabilities="ALL" in container.get("linuxParameters", {}).get("capabilities", {}).get("drop", []),
+    )
+    (override,) = [o for o in migrate_task["overrides"]["containerOverrides"] if o["name"] == "app"]
+    check = container["healthCheck"]["command"]
+    return Target(
+        name="ecs",
+        web=web,
+        migrate=replace(web, command=override["command"]),
+        port=container["portMappings"][0]["containerPort"],
+        probes=[],  # the load balancer's target group holds its path (docs/ecs.md)
+        check_command=check[1:] if check[0] == "CMD" else ["sh", "-c", check[1]],
+        stop_signal="SIGTERM",
+        grace=container.get("stopTimeout", 30),
+        notes={"task": task, "service": service, "migrate_task": migrate_task, "container": container},
+    )
+
+
+LOADERS: dict[str, Callable[[], Target]] = {
+    **{f"kubernetes-{overlay.name}": partial(kubernetes, overlay) for overlay in OVERLAYS},
+    "cloud-run": cloud_run,
+    "fly": fly,
+    "render": render,
+    "ecs": ecs,
+}
+
+
+@cache
+def target(name: str) -> Target:
+    """The target called `name` (a key of LOADERS), read once per test session."""
+    return LOADERS[name]()

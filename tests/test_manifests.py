@@ -1,0 +1,414 @@
+"""The deployment manifests on paper, offline: nothing here needs a cluster or a cloud account.
+
+- Kubernetes: every overlay rendered with `kubectl kustomize` and validated,
+  strictly, against the schemas of Kubernetes 1.34 and the newest release
+  kubernetes-validate holds; then its wiring, pod security and stop timing.
+- Container hosts: the ECS files against botocore's ECS API model, Cloud Run's
+  containers against the Kubernetes Container schema, fly.toml and render.yaml
+  (no offline schema exists for them) by their own rules.
+- Every target against .env.example, the one list of variables.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from botocore.validate import ParamValidator
+from kubernetes_validate import utils as schemas
+from referencing import Registry, Resource
+
+from tests.hosts import (
+    DEPLOY,
+    LOADERS,
+    OVERLAYS,
+    ROOT,
+    Target,
+    Workload,
+    find,
+    pod_templates,
+    read_by_the_image,
+    registry,
+    secrets_in_the_code,
+    target,
+)
+
+# The oldest release the manifests are written for (docs/kubernetes.md: preStop
+# sleep and Job podReplacementPolicy are stable from 1.34), and the newest known.
+KUBERNETES_VERSIONS = ("1.34.0", schemas.latest_version())
+OVERLAY_IDS = [overlay.name for overlay in OVERLAYS]
+KUBERNETES_TARGETS = [f"kubernetes-{overlay.name}" for overlay in OVERLAYS]
+POSTGRES_MAX_CONNECTIONS = 100  # Postgres' default max_connections
+MIGRATE = ["python", "manage.py", "migrate", "--noinput"]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS, ids=OVERLAY_IDS)
+def overlay(request: pytest.FixtureRequest) -> Path:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def rendered(overlay: Path) -> list[dict[str, Any]]:
+    """The overlay through `kubectl kustomize` (tests.hosts.render_overlay), once."""
+    return target(f"kubernetes-{overlay.name}").notes["docs"]
+
+
+def labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions with In) against labels."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression  # the only operator used here
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def graceful_timeout(workload: Workload) -> int:
+    default = registry()["GUNICORN_GRACEFUL_TIMEOUT"].default
+    return int(workload.env.get("GUNICORN_GRACEFUL_TIMEOUT", default))
+
+
+# --- Kubernetes ----------------------------------------------------------------------------
+def test_both_overlays_exist():
+    assert {"production", "trial"} <= set(OVERLAY_IDS)
+
+
+def test_overlays_validate_against_kubernetes_schemas(rendered: list[dict[str, Any]]):
+    errors = []
+    for doc in rendered:
+        for version in KUBERNETES_VERSIONS:
+            label = f"{doc['kind']}/{doc['metadata']['name']} on {version}"
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                errors.append(f"{label}: {'.'.join(map(str, exc.path))}: {exc.message}")
+            except kubernetes_validate.SchemaNotFoundError as exc:
+                errors.append(f"{label}: {exc.message}")
+    assert not errors, "\n".join(errors)
+    kinds = {doc["kind"] for doc in rendered}
+    wanted = {"Namespace", "ConfigMap", "Deployment", "Service", "Ingress", "HorizontalPodAutoscaler"}
+    assert wanted | {"PodDisruptionBudget", "Job", "NetworkPolicy"} <= kinds
+
+
+def test_example_secret_is_valid_and_holds_no_secret():
+    secret = yaml.safe_load((DEPLOY / "k8s" / "base" / "secret.example.yaml").read_text())
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(secret, version, strict=True)
+    assert secret["stringData"] and all(value == "" for value in secret["stringData"].values())
+    assert "data" not in secret
+
+
+def test_no_overlay_carries_a_secret(rendered: list[dict[str, Any]]):
+    # The Secret is created once per cluster; applied from an overlay, it would be in git.
+    assert not find(rendered, "Secret")
+
+
+def test_overlay_wiring(rendered: list[dict[str, Any]]):
+    (deployment,) = find(rendered, "Deployment", "app")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pod = deployment["spec"]["template"]["spec"]
+    (app,) = [c for c in pod["containers"] if c["name"] == "app"]
+    assert labels_match(deployment["spec"]["selector"], pod_labels)
+    # No replica count: the HPA owns it, and apply would reset it.
+    assert "replicas" not in deployment["spec"]
+
+    (service,) = find(rendered, "Service", "app")
+    assert labels_match({"matchLabels": service["spec"]["selector"]}, pod_labels)
+    port_names = {port["name"] for port in app["ports"]}
+    assert {port["targetPort"] for port in service["spec"]["ports"]} <= port_names
+
+    config = next(d["data"] for d in find(rendered, "ConfigMap") if d["metadata"]["name"].startswith("app-config"))
+    allowed_hosts = config["DJANGO_ALLOWED_HOSTS"].split(",")
+    for ingress in find(rendered, "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            assert rule["host"] in allowed_hosts, (ingress["metadata"]["name"], rule["host"], allowed_hosts)
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                assert backend["name"] == "app"
+                assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+
+    (hpa,) = find(rendered, "HorizontalPodAutoscaler", "app")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"}
+    (pdb,) = find(rendered, "PodDisruptionBudget", "app")
+    assert labels_match(pdb["spec"]["selector"], pod_labels)
+
+    # Every NetworkPolicy selects pods that exist (a typo in a label would select nothing).
+    all_pod_labels = [template["metadata"]["labels"] for _, template in pod_templates(rendered)]
+    for policy in find(rendered, "NetworkPolicy"):
+        selector = policy["spec"]["podSelector"]
+        assert not selector or any(labels_match(selector, labels) for labels in all_pod_labels), policy
+
+    # One image for the app, its gate and the migrations.
+    (job,) = find(rendered, "Job", "migrate")
+    containers = pod["containers"] + pod["initContainers"] + job["spec"]["template"]["spec"]["containers"]
+    images = {c["image"] for c in containers}
+    assert len(images) == 1, images
+
+
+def test_secret_files_are_the_example_secrets_keys(rendered: list[dict[str, Any]]):
+    keys = set(yaml.safe_load((DEPLOY / "k8s" / "base" / "secret.example.yaml").read_text())["stringData"])
+    used = set()
+    for label, template in pod_templates(rendered):
+        volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+        for container in template["spec"]["containers"] + template["spec"].get("initContainers", []):
+            # Volumes from claim templates (a StatefulSet's data) are not in `volumes`.
+            mounts = {m["mountPath"]: volumes.get(m["name"], {}) for m in container.get("volumeMounts", [])}
+            for var in container.get("env", []):
+                if not var["name"].endswith("_FILE"):
+                    continue
+                directory, _, key = var["value"].rpartition("/")
+                assert mounts[directory].get("secret", {}).get("secretName") == "app-secrets", (label, var)
+                used.add(key)
+    assert used == keys, f"files read: {sorted(used)}; keys in secret.example.yaml: {sorted(keys)}"
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(rendered: list[dict[str, Any]]):
+    (namespace,) = find(rendered, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    problems = []
+    for label, template in pod_templates(rendered):
+        spec = template["spec"]
+        context = spec.get("securityContext", {})
+        if not context.get("runAsNonRoot") or context.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            problems.append(f"{label}: runAsNonRoot and seccomp RuntimeDefault")
+        if spec.get("automountServiceAccountToken") is not False or spec.get("enableServiceLinks") is not False:
+            problems.append(f"{label}: no service account token, no service links")
+        for container in spec["containers"] + spec.get("initContainers", []):
+            name = f"{label} {container['name']}"
+            security = container.get("securityContext", {})
+            if security.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{name}: allowPrivilegeEscalation: false")
+            if security.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{name}: readOnlyRootFilesystem: true")
+            if security.get("capabilities", {}).get("drop") != ["ALL"]:
+                problems.append(f"{name}: capabilities drop ALL")
+            resources = container.get("resources", {})
+            requests, limits = resources.get("requests", {}), resources.get("limits", {})
+            if not {"cpu", "memory"} <= set(requests) or "memory" not in limits:
+                problems.append(f"{name}: cpu and memory requests, a memory limit")
+    assert not problems, "\n".join(problems)
+
+
+def test_app_probes_and_stopping(overlay: Path, rendered: list[dict[str, Any]]):
+    (deployment,) = find(rendered, "Deployment", "app")
+    pod = deployment["spec"]["template"]["spec"]
+    (app,) = [c for c in pod["containers"] if c["name"] == "app"]
+    assert app["startupProbe"]["httpGet"]["path"] == "/healthz"
+    # Liveness never depends on the database; readiness does.
+    assert app["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert app["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    topology_keys = {c["topologyKey"] for c in pod["topologySpreadConstraints"]}
+    assert {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= topology_keys
+    kubernetes_target = target(f"kubernetes-{overlay.name}")
+    assert kubernetes_target.pause_before_stop > 0, "a preStop pause lets endpoints drop the pod first"
+    budget = kubernetes_target.pause_before_stop + graceful_timeout(kubernetes_target.web)
+    assert pod["terminationGracePeriodSeconds"] > budget
+
+
+def test_ingress_streams_events_unbuffered(rendered: list[dict[str, Any]]):
+    ingresses = {i["metadata"]["name"]: i for i in find(rendered, "Ingress")}
+    prefix = "nginx.ingress.kubernetes.io/"
+    events = ingresses["app-events"]
+    assert [p["path"] for r in events["spec"]["rules"] for p in r["http"]["paths"]] == ["/events/"]
+    assert events["metadata"]["annotations"][prefix + "proxy-buffering"] == "off"
+    for ingress in ingresses.values():
+        assert ingress["spec"]["ingressClassName"] == "nginx"
+        annotations = ingress["metadata"]["annotations"]
+        assert {prefix + "proxy-read-timeout", prefix + "proxy-send-timeout"} <= set(annotations)
+
+
+def test_database_connections_fit_postgres(rendered: list[dict[str, Any]]):
+    (hpa,) = find(rendered, "HorizontalPodAutoscaler", "app")
+    config = next(d["data"] for d in find(rendered, "ConfigMap") if d["metadata"]["name"].startswith("app-config"))
+    # Without a CPU limit a pod sees all its node's cores: the worker count must be set.
+    workers = int(config["GUNICORN_WORKERS"])
+    pool = int(config.get("DB_POOL_MAX_SIZE", registry()["DB_POOL_MAX_SIZE"].default))
+    migrate_job = pool  # the Job's one process, when it overlaps a rollout
+    assert hpa["spec"]["maxReplicas"] * workers * pool + migrate_job < POSTGRES_MAX_CONNECTIONS
+
+
+def test_database_is_reachable_only_from_the_app(rendered: list[dict[str, Any]]):
+    policies = find(rendered, "NetworkPolicy")
+    assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] for p in policies)
+    component = "app.kubernetes.io/component"
+    databases = [t for _, t in pod_templates(rendered) if t["metadata"]["labels"].get(component) == "database"]
+    config = next(d["data"] for d in find(rendered, "ConfigMap") if d["metadata"]["name"].startswith("app-config"))
+    if not databases:  # a managed Postgres: the network path is outside the cluster, encrypted
+        assert config["POSTGRES_SSLMODE"] in {"require", "verify-ca", "verify-full"}
+        return
+    (database,) = databases
+    selecting = [p for p in policies if p["spec"]["podSelector"]]
+    (policy,) = [p for p in selecting if labels_match(p["spec"]["podSelector"], database["metadata"]["labels"])]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not policy["spec"].get("egress")
+    pods = {label: t["metadata"]["labels"] for label, t in pod_templates(rendered)}
+    for rule in policy["spec"]["ingress"]:
+        assert [p["port"] for p in rule["ports"]] == [5432]
+        for peer in rule["from"]:
+            assert set(peer) == {"podSelector"}, peer  # no namespace or address range
+            admitted = sorted(label for label, labels in pods.items() if labels_match(peer["podSelector"], labels))
+            assert admitted == ["Deployment/app", "Job/migrate"], admitted
+
+
+# --- The container hosts -----------------------------------------------------------------------
+def container_schema_errors(container: dict[str, Any], version: str) -> list[str]:
+    """Errors of `container` against the strict Kubernetes core/v1 Container schema."""
+    directory = f"kubernetes-json-schema/v{version}-local-strict"
+    schema = schemas.schema_contents(f"{directory}/container-v1.json", version)
+    definitions = schemas.schema_contents(f"{directory}/_definitions.json", version)
+    refs = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    validator = jsonschema.Draft202012Validator(schema, registry=refs)
+    return [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(container)]
+
+
+def test_cloud_run_containers_match_the_kubernetes_container_schema():
+    cloud_run = target("cloud-run")
+    service, job = cloud_run.notes["service"], cloud_run.notes["job"]
+    assert (service["apiVersion"], service["kind"]) == ("serving.knative.dev/v1", "Service")
+    assert (job["apiVersion"], job["kind"]) == ("run.googleapis.com/v1", "Job")
+    containers = service["spec"]["template"]["spec"]["containers"]
+    containers += job["spec"]["template"]["spec"]["template"]["spec"]["containers"]
+    errors = [f"{c['name']}: {e}" for c in containers for e in container_schema_errors(c, KUBERNETES_VERSIONS[-1])]
+    assert not errors, "\n".join(errors)
+    # Cloud Run sets PORT itself and refuses a service that sets it.
+    assert all(var["name"] != "PORT" for c in containers for var in c.get("env", []))
+    assert {c["image"] for c in containers} == {containers[0]["image"]}
+
+
+def test_a_typo_fails_the_container_schema():
+    container = dict(target("cloud-run").notes["service"]["spec"]["template"]["spec"]["containers"][0])
+    container["livenessProbes"] = container.pop("livenessProbe")
+    assert any("livenessProbes" in error for error in container_schema_errors(container, KUBERNETES_VERSIONS[-1]))
+
+
+@pytest.mark.parametrize(
+    ("file", "operation"),
+    [
+        ("task-definition.yaml", "RegisterTaskDefinition"),
+        ("service.yaml", "CreateService"),
+        ("migrate-task.yaml", "RunTask"),
+    ],
+)
+def test_ecs_files_match_the_ecs_api_model(file: str, operation: str):
+    model = botocore.session.get_session().get_service_model("ecs")
+    data = yaml.safe_load((DEPLOY / "ecs" / file).read_text())
+    report = ParamValidator().validate(data, model.operation_model(operation).input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_ecs_task_fits_fargate():
+    ecs = target("ecs")
+    task, container = ecs.notes["task"], ecs.notes["container"]
+    assert task["requiresCompatibilities"] == ["FARGATE"] and task["networkMode"] == "awsvpc"
+    assert 0 < container["stopTimeout"] <= 120  # Fargate's limit
+    service, migrate_task = ecs.notes["service"], ecs.notes["migrate_task"]
+    assert service["taskDefinition"] == migrate_task["taskDefinition"] == task["family"]
+    assert service["loadBalancers"][0]["containerPort"] == ecs.port
+    assert service["deploymentConfiguration"]["minimumHealthyPercent"] == 100
+
+
+def test_fly_config():
+    fly = target("fly")
+    config = fly.notes["config"]
+    port = int(fly.web.env.get("PORT", registry()["PORT"].default))
+    assert fly.port == port, "internal_port must be the port gunicorn binds"
+    assert config["http_service"]["force_https"] is True
+    assert fly.web.secrets, "docs/fly.md sets the secrets with `fly secrets set`"
+
+
+def test_render_blueprint():
+    render = target("render")
+    blueprint, service = render.notes["blueprint"], render.notes["service"]
+    assert service["runtime"] == "image"  # the image built and tested here, not a rebuild
+    databases = {db["name"]: db for db in blueprint["databases"]}
+    for var in service["envVars"]:
+        if "fromDatabase" in var:
+            assert var["fromDatabase"]["name"] in databases, var
+    for database in databases.values():
+        assert database["ipAllowList"] == [], "reachable from Render's private network only"
+
+
+def postgres_major_of_the_stack() -> str:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return re.match(r"postgres:(\d+)", compose["services"]["db"]["image"]).group(1)
+
+
+def test_every_postgres_is_the_stacks_major_version():
+    major = postgres_major_of_the_stack()
+    assert {db["postgresMajorVersion"] for db in target("render").notes["blueprint"]["databases"]} == {major}
+    for name in KUBERNETES_TARGETS:
+        for _, template in pod_templates(target(name).notes["docs"]):
+            for container in template["spec"]["containers"]:
+                if container["image"].startswith("postgres:"):
+                    assert container["image"].split(":")[1].split("-")[0] == major
+
+
+# --- Every target ----------------------------------------------------------------------------------
+HOST_CONFIG_DIRS = ("k8s", "cloudrun", "fly", "render", "ecs")
+
+
+def test_every_config_file_opens_with_a_comment():
+    files = [f for d in HOST_CONFIG_DIRS for f in sorted((DEPLOY / d).rglob("*")) if f.is_file()]
+    assert len(files) > 10
+    silent = [str(f.relative_to(ROOT)) for f in files if not f.read_text().startswith("#")]
+    assert not silent, f"say what it is, who reads it and what to change: {silent}"
+
+
+def test_env_example_documents_every_variable_the_image_reads():
+    documented = registry()
+    undocumented = read_by_the_image() - set(documented)
+    assert not undocumented, f"read by the app image, missing from .env.example: {sorted(undocumented)}"
+    assert secrets_in_the_code() == {name for name, var in documented.items() if var.secret}
+    assert {name for name, var in documented.items() if var.required}, "(required) marks at least one variable"
+
+
+def workloads(t: Target) -> list[tuple[str, Workload]]:
+    found = [("web", t.web), ("migrate", t.migrate)]
+    return found + ([("gate", t.gate)] if t.gate else [])
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_sets_only_known_variables_and_every_required_one(name: str):
+    documented = registry()
+    secrets = {v for v, var in documented.items() if var.secret}
+    known = (set(documented) & read_by_the_image()) | {f"{v}_FILE" for v in secrets}
+    problems = []
+    for label, workload in workloads(target(name)):
+        names = workload.names()
+        if unknown := names - known:
+            problems.append(f"{label}: not in .env.example, or not read by the app image: {sorted(unknown)}")
+        required = [v for v, var in documented.items() if var.required]
+        if missing := [v for v in required if v not in names and f"{v}_FILE" not in names]:
+            problems.append(f"{label}: (required) but not set: {missing}")
+        if both := [v for v in secrets if v in names and f"{v}_FILE" in names]:
+            problems.append(f"{label}: both NAME and NAME_FILE: {both}")
+        if literal := [v for v in secrets if v in workload.env or f"{v}_FILE" in workload.env]:
+            problems.append(f"{label}: a secret written into the manifest: {literal}")
+        if workload.env.get("DJANGO_DEBUG", "false").lower() not in {"false", "0", "no", "off"}:
+            problems.append(f"{label}: DJANGO_DEBUG on")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_stopping_drains_within_the_hosts_grace_period(name: str):
+    t = target(name)
+    # SIGTERM is gunicorn's graceful stop; it documents SIGINT and SIGQUIT as quick shutdown.
+    assert t.stop_signal == "SIGTERM"
+    assert t.pause_before_stop + graceful_timeout(t.web) < t.grace
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_probes_and_migrations(name: str):
+    t = target(name)
+    assert t.probes or t.check_command, "the host needs some way to tell a dead instance"
+    assert set(t.probes) <= {"/healthz", "/readyz"}
+    # Migrations: a command of their own, never part of starting the app.
+    assert t.migrate.command == MIGRATE
+    assert t.web.command is None, "the app runs the image's CMD (gunicorn), which never migrates"
