@@ -72,4 +72,7 @@ FROM ${NGINX_IMAGE} AS nginx
 RUN rm -f /etc/nginx/conf.d/default.conf
 COPY nginx/nginx.conf /etc/nginx/nginx.conf
 COPY nginx/templates/ /etc/nginx/templates/
+# Run by the image's entrypoint before nginx starts: writes the DNS resolver nginx
+# uses to find the app (nginx/entrypoint/15-resolver.sh).
+COPY --chmod=0755 nginx/entrypoint/ /docker-entrypoint.d/
 COPY --from=build /srv/static /srv/static

@@ -25,6 +25,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from books.models import TITLE_MAX_LENGTH, Book
+from core import draining
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ class BookListView(View):
             return response
         try:
             data = json.loads(request.body)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; arrays nested
+        # thousands deep (well within nginx's 1 MiB) exhaust the parser's recursion.
+        except (ValueError, RecursionError):
             return bad_request("body must be JSON")
         if not isinstance(data, dict):
             return bad_request('body must be a JSON object like {"title": "..."}')
@@ -152,8 +155,11 @@ async def events(request: HttpRequest) -> HttpResponse:
         sent = 0
         try:
             for n in range(1, count + 1):
-                if n > 1:
-                    await asyncio.sleep(1)
+                # Ends the stream early, and properly, when the server shuts
+                # down (core/draining.py); the client reconnects elsewhere.
+                if n > 1 and await draining.sleep(1):
+                    logger.info("events: server draining, stream ended after %d of %d events", sent, count)
+                    return
                 payload = {"n": n, "of": count, "time": datetime.datetime.now(datetime.UTC).isoformat()}
                 yield f"id: {n}\nevent: tick\ndata: {json.dumps(payload)}\n\n"
                 sent = n

@@ -18,6 +18,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # handler: Django's, without a thread per request (app/core/handlers.py).
 django.setup(set_prefix=False)
 
+# on_drain: called by the Uvicorn worker when a graceful shutdown begins (deploy/gunicorn/workers.py).
+from core.draining import begin as on_drain  # noqa: E402, F401
 from core.handlers import ASGIHandler  # noqa: E402  (needs the app registry)
 from core.startup import refuse_to_start_on_check_errors  # noqa: E402
 

@@ -128,6 +128,7 @@ def test_post_book_needs_the_token(aclient, headers):
         b'{"title": null}',
         b'{"title": ["a"]}',
         json.dumps({"title": "x" * (TITLE_MAX_LENGTH + 1)}).encode(),
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser's recursion limit
     ],
 )
 def test_post_book_rejects_bad_bodies(aclient, body):

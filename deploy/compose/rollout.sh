@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The redeploy with no failed request: replace the app containers one at a time.
+#
+#   docker compose build && deploy/compose/rollout.sh
+#
+# For each running app container: start one more from the current image and
+# .env, wait until it is healthy and nginx has found it (nginx asks Docker's
+# DNS again every 2 s), then stop the old one with `docker stop`, which gives
+# gunicorn the container's stop_grace_period to finish the requests in flight
+# and end open streams, and remove it. The number of replicas stays as it was;
+# with one, requests are still served throughout, by the new container once
+# the old one drains. If a new container does not become healthy, it is
+# removed, the old ones keep serving, and the script exits 1.
+#
+# Run it where you run `docker compose`; the options that pick the project
+# reach compose through its own variables (COMPOSE_PROJECT_NAME, COMPOSE_FILE,
+# COMPOSE_ENV_FILES). Migrations run first, once, as `docker compose up` runs
+# them: they must suit the old code as well as the new, which serves alongside.
+# Documented in docs/operations.md.
+set -euo pipefail
+
+# Seconds to wait after a new container is healthy: longer than nginx keeps a
+# DNS answer (valid=2s, nginx/entrypoint/15-resolver.sh).
+settle=${ROLLOUT_SETTLE_SECONDS:-5}
+# Seconds a new container may take to become healthy.
+health_timeout=${ROLLOUT_HEALTH_TIMEOUT:-120}
+
+log() { printf "rollout: %(%H:%M:%S)T %s\n" -1 "$*" >&2; }
+
+running_app_containers() {
+    docker compose ps --quiet --status running app | sort
+}
+
+wait_healthy() {
+    local id=$1 deadline=$((SECONDS + health_timeout)) state
+    while ((SECONDS < deadline)); do
+        state=$(docker inspect --format '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")
+        case $state in
+            running/healthy) return 0 ;;
+            running/* | created/*) sleep 1 ;;
+            *) log "new container ${id:0:12} is $state"; return 1 ;;
+        esac
+    done
+    log "new container ${id:0:12} not healthy after ${health_timeout} s"
+    return 1
+}
+
+mapfile -t old < <(running_app_containers)
+if ((${#old[@]} == 0)); then
+    log "no app container is running; start the stack with: docker compose up --detach"
+    exit 1
+fi
+replicas=${#old[@]}
+
+log "running migrations"
+docker compose run --rm migrate
+
+for id in "${old[@]}"; do
+    before=$(running_app_containers)
+    docker compose up --detach --no-deps --no-recreate --scale "app=$((replicas + 1))" app
+    new=$(comm -13 <(printf '%s\n' "$before") <(running_app_containers))
+    if [[ -z $new || $new == *$'\n'* ]]; then
+        log "expected one new app container, found: ${new:-none}"
+        exit 1
+    fi
+    log "started ${new:0:12}, waiting until it is healthy"
+    if ! wait_healthy "$new"; then
+        docker rm --force "$new" >/dev/null
+        log "removed ${new:0:12}; the old containers keep serving"
+        exit 1
+    fi
+    sleep "$settle"
+    log "draining and removing ${id:0:12}"
+    docker stop "$id" >/dev/null
+    docker rm "$id" >/dev/null
+done
+log "replaced ${replicas} app container(s)"
