@@ -186,7 +186,7 @@ class Bench:
         workloads = args.workloads.split(",")
         raise_open_files_limit(max(args.levels) + 2000)
         results: dict = {"machine": machine(), "workers": args.workers, "duration_s": args.duration,
-                         "repeat": args.repeat, "throughput": [], "streams": []}  # fmt: skip
+                         "repeat": args.repeat, "throughput": [], "streams": [], "failed": []}  # fmt: skip
         print(f"bench: building images and starting the stack on {self.url} ...", flush=True)
         self.stack.compose("down", "--volumes", "--remove-orphans", check=False)
         try:
@@ -196,7 +196,14 @@ class Bench:
             self.seed_books()
             for server in servers:
                 print(f"bench: {server.name}: {server.description}", flush=True)
-                self.start(server)
+                try:
+                    self.start(server)
+                except AssertionError as exc:
+                    # One server that does not come up must not lose the others' numbers.
+                    logs = self.stack.compose("logs", "--no-color", "--tail", "20", "app", check=False).stdout
+                    results["failed"].append({"server": server.name, "error": str(exc)[-2000:], "logs": logs[-4000:]})
+                    print(f"  did not start; last log lines:\n{logs[-2000:]}", flush=True)
+                    continue
                 for name in workloads:
                     if name in server.skips:
                         continue

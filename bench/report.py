@@ -78,6 +78,8 @@ def markdown(results: dict) -> str:
                 f"{s['threads_at_reference']} | {s['idle_threads']} | {s['threads_per_stream']:.3f} |"
             )
         lines.append("")
+    for failure in results.get("failed", []):
+        lines += [f"{failure['server']} did not start: see results.json for its log.", ""]
     lines += ["Servers:", ""] + [f"- {name}: {text}" for name, text in results["servers"].items()]
     return "\n".join(lines) + "\n"
 

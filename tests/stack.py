@@ -116,6 +116,19 @@ class Stack:
     def container_id(self, service: str) -> str:
         return self.compose("ps", "-a", "-q", service).stdout.strip()
 
+    def create_superuser(self, username: str = "admin") -> str:
+        """Create a superuser (or give it a new password) with manage.py in the app container; return the password."""
+        password = secrets.token_urlsafe(16)
+        self.exec(
+            "app", "python", "manage.py", "shell", "-c",
+            "from django.contrib.auth.models import User\n"
+            f"user = User.objects.filter(username={username!r}).first()\n"
+            f"user = user or User(username={username!r}, is_staff=True, is_superuser=True)\n"
+            f"user.set_password({password!r})\n"
+            "user.save()",
+        )  # fmt: skip
+        return password
+
     # --- HTTP through nginx ------------------------------------------------------------
     def request(
         self,

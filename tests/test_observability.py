@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import uuid
@@ -64,3 +65,47 @@ def test_metrics_are_not_reachable_through_nginx(stack: Stack):
     assert stack.get("/metrics").status == 404
     published = stack.compose("port", "app", "9100", check=False)
     assert published.returncode != 0 or not published.stdout.strip()
+
+
+def test_logs_are_json_lines_carrying_the_request_id(stack: Stack):
+    seen = len(stack.logs("app"))
+    response = stack.get("/async/?seconds=-1")  # a 400: Django logs a warning about it too
+    assert response.status == 400
+    request_id = response.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id
+    lines = [line for line in stack.logs("app")[seen:].splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is JSON
+    mine = [e for e in entries if e.get("request_id") == request_id]
+    loggers = {e["logger"] for e in mine}
+    assert {"uvicorn.access", "django.request"} <= loggers, mine
+    access = next(e for e in mine if e["logger"] == "uvicorn.access")
+    assert access["status"] == 400 and access["path"] == "/async/?seconds=-1"
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+
+
+def test_each_request_gets_its_own_id(stack: Stack):
+    ids = {stack.get("/healthz").headers["x-request-id"] for _ in range(5)}
+    assert len(ids) == 5
+
+
+def test_nginx_counters_only_inside_the_compose_network(stack: Stack):
+    code = "import urllib.request; print(urllib.request.urlopen('http://nginx:8081/nginx_status').read().decode())"
+    out = stack.exec("app", "python", "-c", code).stdout
+    assert "Active connections:" in out and "server accepts handled requests" in out
+    published = stack.compose("port", "nginx", "8081", check=False)
+    assert published.returncode != 0 or not published.stdout.strip()
+    assert stack.get("/nginx_status").status == 404  # not on the public site either
+
+
+def test_nginx_and_the_app_log_the_same_request_id(stack: Stack):
+    response = stack.get("/now/", headers={"X-Request-ID": "forged-by-the-client-0000"})
+    request_id = response.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id  # nginx's own, not the client's
+    deadline = 10
+    while deadline and request_id not in stack.logs("nginx"):
+        subprocess.run(["sleep", "1"], check=True)
+        deadline -= 1
+    nginx_line = next(json.loads(line) for line in stack.logs("nginx").splitlines() if request_id in line)
+    assert nginx_line["logger"] == "nginx.access" and nginx_line["status"] == 200
+    app_line = next(json.loads(line) for line in stack.logs("app").splitlines() if request_id in line)
+    assert app_line["logger"] == "uvicorn.access" and app_line["path"] == "/now/"

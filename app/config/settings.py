@@ -44,6 +44,7 @@ INSTALLED_APPS = [
 # system checks core.W010 and core.W011 warn when something added here, or to
 # the request signals, would cost a thread per request. See docs/async-safety.md.
 MIDDLEWARE = [
+    "core.middleware.RequestIdMiddleware",
     "core.metrics.MetricsMiddleware",
     "core.middleware.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -98,6 +99,14 @@ DATABASES = {
                 # How long a request waits for a free connection before it
                 # fails (503, see core/middleware.py) instead of hanging.
                 "timeout": env.float("DB_POOL_TIMEOUT", default=3.0),
+                # While the database is down, the pool retries each connection
+                # with growing pauses (1, 2, 4 ... s), and while one retry
+                # waits, no request can start another: after a long outage
+                # the app would stay down for up to half its length. Giving up
+                # after a few seconds lets the next request try at once, so
+                # the app is back within seconds of the database.
+                # https://www.psycopg.org/psycopg3/docs/api/pool.html#psycopg_pool.ConnectionPool
+                "reconnect_timeout": env.float("DB_POOL_RECONNECT_TIMEOUT", default=5.0),
             },
         },
     }
@@ -150,16 +159,17 @@ TIME_ZONE = env("DJANGO_TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
 
-# --- Logging: everything to stdout, one line per event ------------------------------
+# --- Logging: JSON lines to stdout, each with its request's id (core/jsonlog.py) -----
+# gunicorn's and uvicorn's lines use the same format (gunicorn.conf.py).
 LOG_LEVEL = env("DJANGO_LOG_LEVEL", default="INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+        "json": {"()": "core.jsonlog.JsonFormatter"},
     },
     "handlers": {
-        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "plain"},
+        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json"},
     },
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
     "loggers": {

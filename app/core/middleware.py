@@ -21,6 +21,8 @@ raises SynchronousOnlyOperation, as it should.
 https://docs.djangoproject.com/en/6.1/topics/http/middleware/#asynchronous-support
 """
 
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import markcoroutinefunction, sync_to_async
@@ -34,9 +36,10 @@ from django.middleware import clickjacking, common, csrf, security
 from whitenoise.middleware import WhiteNoiseMiddleware
 from whitenoise.responders import StaticFile
 
-from core import health
+from core import health, jsonlog
 
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponse]]
+REQUEST_ID = re.compile(r"[0-9A-Za-z-]{8,64}")
 # What CsrfViewMiddleware lets through without a token check.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -53,6 +56,19 @@ class AsyncMiddleware:
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         return await self.get_response(request)
+
+
+class RequestIdMiddleware(AsyncMiddleware):
+    """The request id nginx made (X-Request-ID), or a new one without nginx: in every log line and the response."""
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        given = request.headers.get("X-Request-ID", "")
+        # Taken as given only if it looks like one (nginx: 32 hex digits); never a log-injection vector.
+        current = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        jsonlog.request_id.set(current)  # this request's task only; kept for the access line after it
+        response = await self.get_response(request)
+        response["X-Request-ID"] = current
+        return response
 
 
 class HealthCheckMiddleware(AsyncMiddleware):

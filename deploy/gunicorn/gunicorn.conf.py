@@ -33,7 +33,8 @@ def _cpu_count() -> int:
 # --- What to serve ----------------------------------------------------------------
 chdir = "/srv/app"
 wsgi_app = "config.asgi:application"
-pythonpath = str(Path(__file__).resolve().parent)  # for workers.py
+# workers.py, and the app for its log format (core.jsonlog), before Django loads.
+pythonpath = f"{Path(__file__).resolve().parent},{chdir}"
 worker_class = "workers.UvicornWorker"
 # Each worker is one event loop: one per CPU uses the machine without threads.
 workers = _int("GUNICORN_WORKERS", _cpu_count())
@@ -47,8 +48,12 @@ backlog = _int("GUNICORN_BACKLOG", 2048)
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
 
 # --- Timeouts -------------------------------------------------------------------------
-# Longer than nginx's upstream keepalive_timeout (nginx/templates), or nginx
-# would reuse a connection gunicorn just closed and answer 502.
+# How long an idle client connection stays open. The nginx here opens one
+# connection per request (nginx/templates: "Finding the app"), but a load
+# balancer or ingress that keeps connections to the app (or nginx 1.27.3+
+# with upstream keepalive) must close them first: keep this longer than its
+# idle timeout (60 s for most), or it reuses a connection gunicorn just closed
+# and answers 502.
 keepalive = _int("GUNICORN_KEEPALIVE", 75)
 # A worker whose event loop stops answering this long is killed and replaced.
 timeout = _int("GUNICORN_TIMEOUT", 30)
@@ -60,10 +65,26 @@ graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 0)
 
-# --- Logs to stdout and stderr ----------------------------------------------------------
+# --- Logs: JSON lines, the format Django's use too (app/core/jsonlog.py) -----------------
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "core.jsonlog.JsonFormatter"}},
+    "handlers": {
+        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json"},
+        "stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "json"},
+    },
+    # Replaces gunicorn's defaults whole, root logger included.
+    "root": {"handlers": ["stderr"], "level": "INFO"},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stderr"], "level": loglevel.upper(), "propagate": False},
+        # One line per request, the Uvicorn workers' included; off when GUNICORN_ACCESS_LOG is empty.
+        "gunicorn.access": {"handlers": ["stdout"] if accesslog else [], "level": "INFO", "propagate": False},
+    },
+}
 
 # --- Metrics (app/core/metrics.py) ------------------------------------------------------------
 # A second port for Prometheus: nginx proxies only the first, so /metrics is

@@ -54,6 +54,16 @@ def test_secrets_without_a_volume(init_secrets, monkeypatch, tmp_path):
     assert init_secrets.main() == 1
 
 
+@pytest.fixture(autouse=True)
+def restore_environment():
+    # gunicorn.conf.py exports variables for the workers (METRICS_PORT, ...):
+    # keep them from leaking into the other tests.
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def load_gunicorn_conf(monkeypatch, **env: str) -> ModuleType:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -69,19 +79,27 @@ def test_gunicorn_conf_reads_the_environment(monkeypatch):
         FORWARDED_ALLOW_IPS="172.30.80.0/24",
     )
     assert conf.workers == 3
-    assert conf.bind == ["0.0.0.0:8080"]
+    assert conf.bind == ["0.0.0.0:8080", "0.0.0.0:9100"]  # the app, then metrics
     assert conf.graceful_timeout == 12
     assert conf.forwarded_allow_ips == "172.30.80.0/24"
     assert conf.worker_class == "workers.UvicornWorker"
-    assert conf.keepalive > 60  # outlasts nginx's upstream keepalive_timeout (60 s)
+    assert conf.keepalive > 60  # outlasts a load balancer's usual idle timeout (60 s)
 
 
 def test_gunicorn_conf_defaults(monkeypatch):
-    for name in ("GUNICORN_WORKERS", "PORT", "FORWARDED_ALLOW_IPS"):
+    for name in ("GUNICORN_WORKERS", "PORT", "FORWARDED_ALLOW_IPS", "METRICS_PORT", "PROMETHEUS_MULTIPROC_DIR"):
         monkeypatch.delenv(name, raising=False)
     conf = load_gunicorn_conf(monkeypatch)
     assert conf.workers >= 1
+    assert conf.bind == ["0.0.0.0:8000", "0.0.0.0:9100"]
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == "/dev/shm/metrics"
+
+
+def test_gunicorn_conf_without_metrics(monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    conf = load_gunicorn_conf(monkeypatch, METRICS_PORT="")
     assert conf.bind == ["0.0.0.0:8000"]
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     assert conf.forwarded_allow_ips == "127.0.0.1,::1"
 
 

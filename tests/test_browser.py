@@ -1,0 +1,188 @@
+"""A real browser through nginx: headless Chromium logs into the admin, adds a Book, and finds it on /books/.
+
+What the HTTP-level tests cannot show: that a browser, with its own cookie jar,
+Origin and Referer headers and CSS engine, gets through the proxy. The admin's
+stylesheets load from /static/ and apply, the login sets the session and CSRF
+cookies, the add form's POST passes Django's CSRF check, and the same POST
+without the form's token is refused with 403.
+
+It drives the system's Chromium (/usr/bin/chromium and /usr/bin/chromedriver,
+Debian's `chromium` and `chromium-driver`; $CHROMIUM and $CHROMEDRIVER to use
+others) with Selenium, given the driver's path, so nothing is downloaded at run
+time. Without them it is skipped; CI (.ci/run) installs them. A screenshot of the admin after the book was added is
+saved to $TEST_ARTIFACTS/admin-book-added.png (default tests/artifacts/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.stack import ROOT, Stack
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
+WAIT = 30  # seconds for any one page; the whole test takes a few
+
+# Headless, able to run as root (no sandbox), and nothing that phones home: the stack is all it talks to.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",  # containers often have a small /dev/shm
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-proxy-server",  # straight to localhost, whatever the environment's proxy
+    "--window-size=1280,900",
+]
+
+MISSING = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+
+# Checked before any fixture, so that no stack is started for a test that cannot run.
+pytestmark = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"needs Chromium and its driver, not installed: {', '.join(MISSING)} "
+    "(Debian: apt-get install chromium chromium-driver)",
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    # The network events, to read the HTTP status of a page (WebDriver has no API for it).
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    # With the driver's path given, Selenium Manager never runs (it would download a driver).
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def submit(driver: webdriver.Chrome, button: WebElement) -> None:
+    """Click a submit button and wait until the next page has loaded."""
+    old_page = driver.find_element(By.TAG_NAME, "html")
+    button.click()
+
+    def next_page_loaded(d: webdriver.Chrome) -> bool:
+        try:
+            old_page.tag_name  # noqa: B018 - raises once the old page is gone
+            return False
+        except StaleElementReferenceException:
+            return d.execute_script("return document.readyState") == "complete"
+
+    WebDriverWait(driver, WAIT).until(next_page_loaded)
+
+
+def document_statuses(driver: webdriver.Chrome) -> list[tuple[str, str, int]]:
+    """(method, URL, status) of each page (not subresource) loaded since the last call."""
+    methods: dict[str, str] = {}
+    pages = []
+    for entry in driver.get_log("performance"):
+        event = json.loads(entry["message"])["message"]
+        params = event.get("params", {})
+        if event["method"] == "Network.requestWillBeSent" and params.get("type") == "Document":
+            if "redirectResponse" in params:  # the same request ID, followed to the next URL
+                redirect = params["redirectResponse"]
+                pages.append((methods.get(params["requestId"], "?"), redirect["url"], redirect["status"]))
+            methods[params["requestId"]] = params["request"]["method"]
+        elif event["method"] == "Network.responseReceived" and params.get("type") == "Document":
+            response = params["response"]
+            pages.append((methods.get(params["requestId"], "?"), response["url"], response["status"]))
+    return pages
+
+
+def test_browser_logs_in_adds_a_book_and_sees_it(stack: Stack, browser: webdriver.Chrome):
+    password = stack.create_superuser("browser")
+    title = f"Browser book {secrets.token_hex(4)}"
+    rejected = f"Tokenless book {secrets.token_hex(4)}"
+
+    # The login page, reached like a visitor does: /admin/ redirects to it.
+    browser.get(stack.url("/admin/"))
+    assert browser.current_url == stack.url("/admin/login/?next=/admin/"), browser.current_url
+
+    # The admin's stylesheets came from /static/ through nginx, were parsed, and apply.
+    sheets = browser.execute_script(
+        "return Array.from(document.styleSheets, sheet => {"
+        "  try { return [sheet.href, sheet.cssRules.length]; }"
+        "  catch (error) { return [sheet.href, String(error)]; }"  # a sheet that failed to load
+        "});"
+    )
+    assert any("/static/admin/css/base." in href for href, _ in sheets), sheets
+    for href, rules in sheets:
+        assert href.startswith(stack.url("/static/")) and isinstance(rules, int) and rules > 0, sheets
+    header = browser.execute_script("return getComputedStyle(document.getElementById('header')).backgroundColor;")
+    assert header not in ("", "transparent", "rgba(0, 0, 0, 0)"), header  # base.css's --header-bg
+    assert browser.execute_script(
+        "return getComputedStyle(document.documentElement).getPropertyValue('--primary').trim();"
+    ), "base.css's custom properties are not defined"
+
+    # Log in through the form: the CSRF cookie and token from the login page must come back.
+    browser.find_element(By.NAME, "username").send_keys("browser")
+    browser.find_element(By.NAME, "password").send_keys(password)
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "#login-form [type=submit]"))
+    assert browser.current_url == stack.url("/admin/"), browser.find_element(By.TAG_NAME, "body").text[:2000]
+    assert "Site administration" in browser.title
+    cookies = {cookie["name"]: cookie for cookie in browser.get_cookies()}
+    assert {"csrftoken", "sessionid"} <= cookies.keys(), cookies.keys()
+    assert cookies["sessionid"]["httpOnly"], cookies["sessionid"]
+
+    # The add form with its CSRF token removed: Django refuses the POST with 403.
+    add_url = stack.url("/admin/books/book/add/")
+    browser.get(add_url)
+    browser.find_element(By.NAME, "title").send_keys(rejected)
+    removed = browser.execute_script(
+        "const inputs = document.querySelectorAll('#book_form input[name=csrfmiddlewaretoken]');"
+        "inputs.forEach(input => input.remove());"
+        "return inputs.length;"
+    )
+    assert removed == 1, removed
+    document_statuses(browser)  # forget the pages so far
+    submit(browser, browser.find_element(By.NAME, "_save"))
+    assert document_statuses(browser) == [("POST", add_url, 403)]
+    assert "CSRF verification failed" in browser.find_element(By.TAG_NAME, "body").text
+
+    # The same form as served: the book is added, and the admin says so.
+    browser.get(add_url)
+    browser.find_element(By.NAME, "title").send_keys(title)
+    document_statuses(browser)
+    submit(browser, browser.find_element(By.NAME, "_save"))
+    changelist = stack.url("/admin/books/book/")
+    assert document_statuses(browser) == [("POST", add_url, 302), ("GET", changelist, 200)]
+    assert browser.current_url == changelist
+    messages = [li.text for li in browser.find_elements(By.CSS_SELECTOR, ".messagelist .success")]
+    assert any(title in message and "added successfully" in message for message in messages), messages
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "admin-book-added.png"
+    assert browser.save_screenshot(str(screenshot)), screenshot
+    print(f"screenshot of the admin after adding {title!r}: {screenshot}")
+
+    # The public listing, through the same proxy, has the new book and not the refused one.
+    browser.get(stack.url("/books/"))
+    listing = browser.find_element(By.TAG_NAME, "body").text.split(",")
+    assert title in listing, listing
+    assert rejected not in listing, listing
