@@ -41,6 +41,28 @@ class Response:
         return json.loads(self.body)
 
 
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 15,
+) -> Response:
+    """One HTTP/1.1 request to 127.0.0.1:port; repeated response headers (Set-Cookie) joined by newlines."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        raw = conn.getresponse()
+        merged: dict[str, str] = {}
+        for name, value in raw.getheaders():
+            key = name.lower()
+            merged[key] = f"{merged[key]}\n{value}" if key in merged else value
+        return Response(raw.status, merged, raw.read())
+    finally:
+        conn.close()
+
+
 @dataclass
 class Stack:
     """One compose project: its own name, port, env file and volumes."""
@@ -138,17 +160,8 @@ class Stack:
         headers: dict[str, str] | None = None,
         timeout: float = 15,
     ) -> Response:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers={"Host": f"localhost:{self.port}", **(headers or {})})
-            raw = conn.getresponse()
-            headers: dict[str, str] = {}
-            for name, value in raw.getheaders():  # repeated headers (Set-Cookie) joined by newlines
-                key = name.lower()
-                headers[key] = f"{headers[key]}\n{value}" if key in headers else value
-            return Response(raw.status, headers, raw.read())
-        finally:
-            conn.close()
+        sent = {"Host": f"localhost:{self.port}", **(headers or {})}
+        return http_request(self.port, method, path, body=body, headers=sent, timeout=timeout)
 
     def get(self, path: str, **kwargs: object) -> Response:
         return self.request("GET", path, **kwargs)  # type: ignore[arg-type]

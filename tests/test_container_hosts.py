@@ -10,7 +10,6 @@ Every container started here is removed at the end, and so is the database.
 
 from __future__ import annotations
 
-import http.client
 import re
 import secrets
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.hosts import Target, Workload, registry, target
-from tests.stack import Response, Stack
+from tests.stack import Response, Stack, http_request
 
 APP_IMAGE = "async-django-app:local"
 RUN_TARGETS = ["kubernetes-production", "cloud-run", "fly", "render", "ecs"]
@@ -71,13 +70,7 @@ class Running:
         sent = {"Host": self.host, "X-Forwarded-For": "203.0.113.7"}
         if self.https:
             sent["X-Forwarded-Proto"] = "https"
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers={**sent, **(headers or {})})
-            raw = conn.getresponse()
-            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
-        finally:
-            conn.close()
+        return http_request(self.port, method, path, body=body, headers={**sent, **(headers or {})}, timeout=timeout)
 
 
 class Runner:
