@@ -72,7 +72,8 @@ FROM ${NGINX_IMAGE} AS nginx
 RUN rm -f /etc/nginx/conf.d/default.conf
 COPY nginx/nginx.conf /etc/nginx/nginx.conf
 COPY nginx/templates/ /etc/nginx/templates/
-# Run by the image's entrypoint before nginx starts: writes the DNS resolver nginx
-# uses to find the app (nginx/entrypoint/15-resolver.sh).
+# Keeps nginx's list of app servers in step with DNS (nginx/upstream/app-upstream),
+# started by the image's entrypoint before nginx (nginx/entrypoint/40-app-upstream.sh).
+COPY --chmod=0755 nginx/upstream/app-upstream /usr/local/bin/app-upstream
 COPY --chmod=0755 nginx/entrypoint/ /docker-entrypoint.d/
 COPY --from=build /srv/static /srv/static

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import report, wrk
+from bench import h2load, report, wrk
 from bench.sample import PeakSampler, usage
 from bench.servers import BY_NAME, SERVERS, Server
 from tests.stack import ROOT, Stack
@@ -45,8 +45,8 @@ WORKLOADS = {
         "sleep", "(c) GET /async/?seconds=1, 1,000 connections (limit 1,000 req/s)", "/async/?seconds=1", 1000, 1.5
     ),
 }
-# A stream lasts five seconds; each connection holds one after another for
-# STREAM_SECONDS, so about N streams are open at once at level N.
+# A stream lasts five seconds; h2load keeps N open at once for STREAM_SECONDS,
+# starting a new one as each ends (bench/h2load.py: why HTTP/2 to nginx).
 STREAM_PATH = "/events/?count=6"
 STREAM_SECONDS = 16
 
@@ -143,6 +143,11 @@ class Bench:
             result = wrk.run(self.url + path, connections, seconds, timeout_s=30)
         return result, sampler
 
+    def hold_streams(self, streams: int, seconds: float) -> tuple[h2load.H2Result, PeakSampler]:
+        with PeakSampler(self.stack.container_id("app")) as sampler:
+            result = h2load.run(self.url + STREAM_PATH, streams, seconds)
+        return result, sampler
+
     def throughput(self, server: Server, workload: Workload) -> Measurement:
         measurement = Measurement(server.name, workload.name)
         seconds = self.args.duration * workload.seconds_factor
@@ -159,7 +164,7 @@ class Bench:
         idle = usage(self.stack.container_id("app"))
         levels, held = [], 0
         for level in self.args.levels:
-            result, sampler = self.load(STREAM_PATH, level, 7 if self.args.quick else STREAM_SECONDS)
+            result, sampler = self.hold_streams(level, 7 if self.args.quick else STREAM_SECONDS)
             ok = result.non_2xx == 0 and result.socket_errors == 0 and result.requests >= level
             levels.append({"streams": level, "ok": ok, **asdict(result), "peak_rss_mb": sampler.peak.rss_mb,
                            "peak_threads": sampler.peak.threads})  # fmt: skip
@@ -227,6 +232,8 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.duration, args.repeat, args.levels = 2.0, 1, [50]
     wrk.find_wrk()
+    if "streams" in args.workloads.split(","):
+        h2load.find_h2load()
     results = Bench(args).run()
     results["workloads"] = {name: w.title for name, w in WORKLOADS.items()}
     results["servers"] = {s.name: s.description for s in SERVERS}

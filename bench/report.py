@@ -49,7 +49,7 @@ def markdown(results: dict) -> str:
         "",
         f"{m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, kernel {m['kernel']}, "
         f"Docker {m['docker']}. {results['workers']} workers per server, {results['duration_s']:g} s per run, "
-        f"{results['repeat']} run(s) each; wrk on the same machine, through nginx.",
+        f"{results['repeat']} run(s) each; wrk (and h2load for streams) on the same machine, through nginx.",
         "",
     ]
     tables = summarise(results)
@@ -69,7 +69,7 @@ def markdown(results: dict) -> str:
         lines += [f"Run-to-run noise (largest spread between repeats of one server): {noise:.1%}.", ""]
     if results["streams"]:
         ref = results["streams"][0]["reference_streams"]
-        lines += ["## (d) held Server-Sent Events streams (GET /events/?count=6, one after another per connection)", ""]
+        lines += ["## (d) held Server-Sent Events streams (GET /events/?count=6, N open at once, HTTP/2 to nginx)", ""]
         lines += [f"| server | most streams held with zero errors | RSS MB at {ref} | threads at {ref} | "
                   "idle threads | threads per stream |", "|" + " --- |" * 6]  # fmt: skip
         for s in results["streams"]:

@@ -4,8 +4,10 @@
 #   docker compose build && deploy/compose/rollout.sh
 #
 # For each running app container: start one more from the current image and
-# .env, wait until it is healthy and nginx has found it (nginx asks Docker's
-# DNS again every 2 s), then stop the old one with `docker stop`, which gives
+# .env, wait until it is healthy and nginx sends it requests, take the old one
+# out of nginx while it still serves (app-upstream drain: nginx keeps idle
+# connections to the app, and must not send a request on one the old
+# container is about to close), then stop it with `docker stop`, which gives
 # gunicorn the container's stop_grace_period to finish the requests in flight
 # and end open streams, and remove it. The number of replicas stays as it was;
 # with one, requests are still served throughout, by the new container once
@@ -19,9 +21,9 @@
 # Documented in docs/operations.md.
 set -euo pipefail
 
-# Seconds to wait after a new container is healthy: longer than nginx keeps a
-# DNS answer (valid=2s, nginx/entrypoint/15-resolver.sh).
-settle=${ROLLOUT_SETTLE_SECONDS:-5}
+# Seconds to let nginx's new workers take over after a change to its list of
+# app servers (nginx/upstream/app-upstream).
+settle=${ROLLOUT_SETTLE_SECONDS:-1}
 # Seconds a new container may take to become healthy.
 health_timeout=${ROLLOUT_HEALTH_TIMEOUT:-120}
 
@@ -69,9 +71,15 @@ for id in "${old[@]}"; do
         log "removed ${new:0:12}; the old containers keep serving"
         exit 1
     fi
+    docker compose exec -T nginx app-upstream render
     sleep "$settle"
+    log "taking ${id:0:12} out of nginx"
+    read -ra addresses < <(docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$id")
+    docker compose exec -T nginx app-upstream drain "${addresses[@]}"
     log "draining and removing ${id:0:12}"
     docker stop "$id" >/dev/null
     docker rm "$id" >/dev/null
+    # Its addresses are free again; the next new container may get one.
+    docker compose exec -T nginx app-upstream undrain "${addresses[@]}"
 done
 log "replaced ${replicas} app container(s)"

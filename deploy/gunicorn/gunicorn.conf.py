@@ -42,18 +42,20 @@ workers = _int("GUNICORN_WORKERS", _cpu_count())
 # --- Where --------------------------------------------------------------------------
 # $PORT is what container hosts (Cloud Run, Render, Heroku-style) hand the app.
 bind = [f"0.0.0.0:{_int('PORT', 8000)}"]
-backlog = _int("GUNICORN_BACKLOG", 2048)
+# Connections the kernel queues before a worker accepts them: a burst of new
+# streams or a reconnecting crowd waits here instead of being refused. The
+# kernel caps it at net.core.somaxconn (4096 on current kernels).
+backlog = _int("GUNICORN_BACKLOG", 4096)
 # Proxy headers are believed only from these addresses (nginx's network in
 # docker-compose.yml); nginx overwrites X-Forwarded-For and -Proto itself.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
 
 # --- Timeouts -------------------------------------------------------------------------
-# How long an idle client connection stays open. The nginx here opens one
-# connection per request (nginx/templates: "Finding the app"), but a load
-# balancer or ingress that keeps connections to the app (or nginx 1.27.3+
-# with upstream keepalive) must close them first: keep this longer than its
-# idle timeout (60 s for most), or it reuses a connection gunicorn just closed
-# and answers 502.
+# How long an idle client connection stays open. Whatever keeps connections
+# to the app open between requests must close them first, or it reuses one
+# gunicorn just closed and answers 502: the nginx here does so 15 s sooner by
+# itself (nginx/upstream/app-upstream); a load balancer or ingress in front of
+# the app needs an idle timeout below this (60 s is common).
 keepalive = _int("GUNICORN_KEEPALIVE", 75)
 # A worker whose event loop stops answering this long is killed and replaced.
 timeout = _int("GUNICORN_TIMEOUT", 30)
