@@ -25,12 +25,20 @@ This handler does the same bookkeeping without the hops:
   or a third-party app, still runs as Django would run it (a sync one in a
   thread); the system check core.W011 points such receivers out.
 
+Every request gets a thread-sensitive context of its own, even when the
+server starts the request's task in a copy of an earlier request's context.
+Servers do that on keep-alive connections (python/cpython#140947): stock
+Django then finds the earlier request's context still set, keeps it, and
+every later request on the connection shares one thread for its ORM calls,
+and with it one database connection, which the first of them to finish
+returns to the pool while the others still use it.
+
 It also builds the middleware chain with core.middleware.NO_HOP_SUBSTITUTES:
 Django's session, CSRF, auth, messages, security, common and clickjacking
 middleware, as listed in settings.MIDDLEWARE, run through drop-in subclasses
 that stay on the event loop unless a request needs a thread.
 
-`handle()` and `load_middleware()` follow Django 6.1's code line by line
+`__call__()`, `handle()` and `load_middleware()` follow Django 6.1's code line by line
 except where marked; tests/app/test_handlers.py fails when Django's change, so
 an upgrade gets a review of this file.
 """
@@ -39,9 +47,10 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.core import signals
 from django.core.cache import caches, close_caches
@@ -105,6 +114,20 @@ async def send_to_others(signal: Signal, sender: type, **named: object) -> None:
 
 
 class ASGIHandler(asgi.ASGIHandler):
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:
+        """Django's ASGIHandler.__call__, with a new thread-sensitive context whatever the task inherited."""
+        if scope["type"] != "http":
+            raise ValueError("Django can only handle ASGI/HTTP connections, not %s." % scope["type"])
+        # Changed: ThreadSensitiveContext() keeps a context it finds already
+        # set; given an executor it always starts its own. The executor's one
+        # thread starts only if the request makes a sync call, and ends with it.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            executor.shutdown(wait=False)
+
     def load_middleware(self, is_async: bool = False) -> None:
         """BaseHandler.load_middleware, with Django's middleware swapped for its no-hop drop-ins."""
         if not is_async:

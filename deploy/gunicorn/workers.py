@@ -12,6 +12,11 @@ the HTTP parser and lifespan. This subclass says all of them:
   requests in flight finish, and cancels what is still open (SSE streams) two
   seconds before gunicorn's graceful_timeout, when the arbiter would SIGKILL.
 - no Server header.
+- each request's task starts in a fresh context: on a keep-alive connection
+  (nginx keeps them open to the app) asyncio can hand a request the context
+  variables of the one before (python/cpython#140947), such as its request
+  id or Django's thread-sensitive context (core/handlers.py guards that one
+  too, under any server).
 - `--reload` (the development loop, deploy/compose/dev.yml) works: gunicorn's
   reloader flags a changed file, and the worker finishes so a new one starts.
 - a drain notice: when the graceful shutdown begins, the worker calls
@@ -46,6 +51,7 @@ class UvicornWorker(BaseUvicornWorker):
         "http": "httptools",
         "lifespan": "off",
         "server_header": False,
+        "reset_contextvars": True,
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

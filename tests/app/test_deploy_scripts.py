@@ -127,4 +127,5 @@ def test_worker_passes_on_what_uvicorn_worker_does_not(monkeypatch):
     assert config.timeout_graceful_shutdown == 18
     assert config.timeout_keep_alive == 75
     assert config.server_header is False
+    assert config.reset_contextvars is True
     assert config.forwarded_allow_ips == ["172.30.80.0/24"]

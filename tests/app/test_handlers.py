@@ -8,10 +8,12 @@ import time
 
 import pytest
 from asgi_client import asgi_request, body, status
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 from django.core.cache import caches
 from django.core.handlers import asgi as django_asgi
 from django.core.handlers import base as django_base
 from django.db import connections
+from django.db.backends.signals import connection_created
 from django.test import override_settings
 
 from books.models import Book
@@ -21,6 +23,7 @@ from core.handlers import ASGIHandler
 # Django's code that core.handlers follows line by line. When Django changes
 # it, this fails: compare the new code with core/handlers.py, then update these.
 REVIEWED = {
+    django_asgi.ASGIHandler.__call__: "f756809e9c93",
     django_asgi.ASGIHandler.handle: "c91f27c7fcdc",
     django_base.BaseHandler.load_middleware: "b75c13d1041e",
 }
@@ -115,6 +118,37 @@ def test_database_connections_go_back_to_the_pool():
     stats = pool_stats()
     assert stats["pool_available"] == stats["pool_size"], stats
     assert stats.get("requests_waiting", 0) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_context_left_from_an_earlier_request_is_not_shared():
+    # On a keep-alive connection a server may start the next request's task
+    # in a copy of the last one's context (python/cpython#140947), with that
+    # request's thread-sensitive context still set in it.
+    Book.objects.create(title="Pooled")
+    connections.close_all()
+    app = ASGIHandler()
+    leaked = ThreadSensitiveContext()
+    threads: set[threading.Thread] = set()  # the objects, kept alive: an ident can be reused
+
+    def note_thread(**kwargs: object) -> None:
+        threads.add(threading.current_thread())
+
+    async def run() -> list:
+        SyncToAsync.thread_sensitive_context.set(leaked)
+        return await asyncio.gather(*(asgi_request(app, "/books/") for _ in range(20)))
+
+    connection_created.connect(note_thread)
+    try:
+        results = asyncio.run(run())
+    finally:
+        connection_created.disconnect(note_thread)
+    assert all(status(r) == 200 and body(r) == b"Pooled" for r in results)
+    # Each request's ORM work ran in a thread of its own, none in the leaked context's.
+    assert len(threads) == 20
+    assert leaked not in SyncToAsync.context_to_thread_executor
+    stats = pool_stats()
+    assert stats["pool_available"] == stats["pool_size"], stats
 
 
 @pytest.mark.django_db(transaction=True)

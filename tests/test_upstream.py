@@ -1,0 +1,78 @@
+"""nginx and the app: connections kept open, the list of app servers, draining (nginx/upstream/app-upstream)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from tests.stack import Stack
+
+APP_PORT_HEX = ":1F40"  # 8000, as /proc/net/tcp writes ports
+ESTABLISHED, TIME_WAIT = "01", "06"
+
+
+def connections_to_app(stack: Stack) -> dict[str, int]:
+    """nginx's TCP sockets toward the app's port, by state (from nginx's /proc/net/tcp)."""
+    table = stack.exec("nginx", "cat", "/proc/net/tcp").stdout.splitlines()[1:]
+    states: dict[str, int] = {}
+    for row in table:
+        fields = row.split()
+        if fields[2].endswith(APP_PORT_HEX):  # remote address
+            states[fields[3]] = states.get(fields[3], 0) + 1
+    return states
+
+
+def upstream_conf(stack: Stack) -> str:
+    return stack.exec("nginx", "cat", "/etc/nginx/conf.d/01-app-upstream.conf").stdout
+
+
+def app_address(stack: Stack) -> str:
+    servers = [line.split()[1] for line in upstream_conf(stack).splitlines() if line.strip().startswith("server ")]
+    assert len(servers) == 1, servers
+    return servers[0].rsplit(":", 1)[0]
+
+
+def test_nginx_reuses_connections_to_the_app(stack: Stack):
+    before = connections_to_app(stack)
+    for _ in range(200):
+        assert stack.get("/now/").status == 200
+    after = connections_to_app(stack)
+    # 200 requests one after another: a connection each would leave ~200 in
+    # TIME_WAIT; kept open, a few stay established and almost none close.
+    assert after.get(ESTABLISHED, 0) >= 1, after
+    assert after.get(TIME_WAIT, 0) - before.get(TIME_WAIT, 0) < 20, (before, after)
+
+
+def test_drain_takes_the_app_out_of_nginx_and_undrain_brings_it_back(stack: Stack):
+    address = app_address(stack)
+    try:
+        drained = stack.exec("nginx", "app-upstream", "drain", address)
+        assert f"drained {address}" in drained.stderr
+        # Its only replica drained: nginx sends nothing there, and says so.
+        assert "down;" in upstream_conf(stack)
+        assert stack.get("/now/").status == 502
+        # The watcher does not put it back while the drain holds.
+        time.sleep(3)
+        assert stack.get("/now/").status == 502
+    finally:
+        stack.exec("nginx", "app-upstream", "undrain", address)
+    assert app_address(stack) == address
+    assert stack.get("/now/").status == 200
+
+
+def test_app_upstream_refuses_bad_input(stack: Stack):
+    for args in (["drain", "not-an-address"], ["drain"], ["undrain", "$(reboot)"], ["sideways"]):
+        result = stack.exec("nginx", "app-upstream", *args, check=False)
+        assert result.returncode == 2, (args, result)
+        assert result.stderr.strip(), args
+    assert stack.get("/now/").status == 200
+
+
+def test_a_bad_setting_stops_nginx_with_a_clear_message(stack: Stack):
+    result = subprocess.run(
+        ["docker", "run", "--rm", "-e", "NGINX_UPSTREAM=127.0.0.1:8000", "-e", "NGINX_UPSTREAM_KEEPALIVE=lots",
+         "async-django-nginx:local", "nginx", "-t"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "expected a positive whole number, got 'lots'" in result.stderr
