@@ -14,7 +14,9 @@ This handler does the same bookkeeping without the hops:
   to give back, so nothing runs. A request that did (the connection_created
   signal says so) gets close_old_connections() in its own thread-sensitive
   thread, the thread that used the connection, exactly as stock Django does:
-  with CONN_MAX_AGE = 0 that returns the connection to the pool.
+  with CONN_MAX_AGE = 0 that returns the connection to the pool. A request
+  cancelled while its sync work still runs (the client went away) gets the
+  same call queued behind that work, in the same thread.
 - reset_queries and the start-of-request close_old_connections act on the
   connections of the request's thread, which is new for every request under
   ASGI and so has none: they are skipped.
@@ -47,7 +49,8 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -113,6 +116,16 @@ async def send_to_others(signal: Signal, sender: type, **named: object) -> None:
         await asyncio.gather(*(receiver(signal=signal, sender=sender, **named) for receiver in async_receivers))
 
 
+class RequestExecutor(ThreadPoolExecutor):
+    """A request's one thread for sync work, started only if the request has any."""
+
+    used = False
+
+    def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
+        self.used = True
+        return super().submit(fn, *args, **kwargs)
+
+
 class ASGIHandler(asgi.ASGIHandler):
     async def __call__(self, scope: dict, receive: object, send: object) -> None:
         """Django's ASGIHandler.__call__, with a new thread-sensitive context whatever the task inherited."""
@@ -121,11 +134,17 @@ class ASGIHandler(asgi.ASGIHandler):
         # Changed: ThreadSensitiveContext() keeps a context it finds already
         # set; given an executor it always starts its own. The executor's one
         # thread starts only if the request makes a sync call, and ends with it.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+        executor = RequestExecutor(max_workers=1, thread_name_prefix="request")
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
         finally:
+            if executor.used:
+                # Queued behind whatever sync work the request left running (a
+                # client that went away mid-query cancels the view, not the
+                # query): the connection that work borrows goes back to the
+                # pool, in its thread, once the work ends.
+                executor.submit(close_old_connections)
             executor.shutdown(wait=False)
 
     def load_middleware(self, is_async: bool = False) -> None:

@@ -152,6 +152,49 @@ def test_a_context_left_from_an_earlier_request_is_not_shared():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_client_that_leaves_before_the_answer_leaks_no_connection():
+    # The view's query ran; by the time the answer is sent the client has gone,
+    # and the server's send() raises (ASGI: OSError), as uvicorn's does. The
+    # handler is left by that exception, past its usual cleanup.
+    Book.objects.create(title="Pooled")
+    connections.close_all()
+    app = ASGIHandler()
+
+    async def abandoned() -> None:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": "/books/", "raw_path": b"/books/", "query_string": b"",
+                 "root_path": "", "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 40000),
+                 "server": ("testserver", 80)}  # fmt: skip
+        received = False
+        gone = asyncio.Event()
+
+        async def receive() -> dict:
+            nonlocal received
+            if not received:
+                received = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            gone.set()
+            raise OSError("the client disconnected")
+
+        with pytest.raises(OSError, match="disconnected"):
+            await app(scope, receive, send)
+
+    async def run() -> None:
+        await asyncio.gather(*(abandoned() for _ in range(5)))
+
+    asyncio.run(run())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and pool_stats().get("pool_available") != pool_stats().get("pool_size"):
+        time.sleep(0.05)
+    stats = pool_stats()
+    assert stats["pool_available"] == stats["pool_size"], stats
+
+
+@pytest.mark.django_db(transaction=True)
 @override_settings(API_TOKEN="t0ken")
 def test_writes_through_the_handler():
     connections.close_all()
