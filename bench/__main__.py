@@ -123,6 +123,8 @@ class Bench:
             "GUNICORN_WORKERS": str(self.args.workers),
             "BENCH_APP_COMMAND": server.app_command(self.args.workers),
             "EDGE_SUBNET": "172.30.89.0/24",
+            # The image's default (off), which the test stack turns on.
+            "GUNICORN_ACCESS_LOG": "",
         }
 
     def start(self, server: Server) -> None:

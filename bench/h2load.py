@@ -11,9 +11,10 @@ sockets. Aimed at 127.0.0.1 only.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
+
+from bench.wrk import find_program
 
 # Streams per connection: under nginx's http2_max_concurrent_streams (128).
 STREAMS_PER_CONNECTION = 100
@@ -29,13 +30,7 @@ class H2Result:
 
 
 def find_h2load() -> str:
-    path = shutil.which("h2load")
-    if path is None:
-        raise SystemExit(
-            "bench: h2load is not installed (Debian/Ubuntu: apt-get install nghttp2-client); "
-            "bench/run installs it as root"
-        )
-    return path
+    return find_program("h2load", "nghttp2-client")
 
 
 def parse(output: str) -> H2Result:

@@ -21,13 +21,18 @@ class WrkResult:
     error_detail: str
 
 
-def find_wrk() -> str:
-    path = shutil.which("wrk")
+def find_program(name: str, package: str) -> str:
+    """The load generator's path, or a clear error naming the package to install."""
+    path = shutil.which(name)
     if path is None:
         raise SystemExit(
-            "bench: wrk is not installed (Debian/Ubuntu: apt-get install wrk); bench/run installs it as root"
+            f"bench: {name} is not installed (Debian/Ubuntu: apt-get install {package}); bench/run installs it as root"
         )
     return path
+
+
+def find_wrk() -> str:
+    return find_program("wrk", "wrk")
 
 
 def _ms(text: str) -> float:

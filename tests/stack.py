@@ -90,6 +90,8 @@ class Stack:
             "API_TOKEN": self.api_token,
             # One worker: the concurrency test measures what one event loop holds.
             "GUNICORN_WORKERS": "1",
+            # The app's access lines (off by default): tests read them.
+            "GUNICORN_ACCESS_LOG": "-",
             "ENV_FILE": str(self.env_file),
             **extra,
         }

@@ -68,7 +68,11 @@ max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 0)
 
 # --- Logs: JSON lines, the format Django's use too (app/core/jsonlog.py) -----------------
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+# The app's own access line per request: off by default. nginx writes one
+# for every request, with the same request id, and the app's JSON line cost
+# a fifth of the throughput of a plain view (docs/performance.md). "-" turns
+# it on (stdout): where nothing in front of the app logs requests.
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "") or None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 logconfig_dict = {
@@ -83,7 +87,7 @@ logconfig_dict = {
     "root": {"handlers": ["stderr"], "level": "INFO"},
     "loggers": {
         "gunicorn.error": {"handlers": ["stderr"], "level": loglevel.upper(), "propagate": False},
-        # One line per request, the Uvicorn workers' included; off when GUNICORN_ACCESS_LOG is empty.
+        # One line per request, the Uvicorn workers' included, when GUNICORN_ACCESS_LOG is "-".
         "gunicorn.access": {"handlers": ["stdout"] if accesslog else [], "level": "INFO", "propagate": False},
     },
 }

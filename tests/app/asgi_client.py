@@ -3,17 +3,15 @@
 import asyncio
 
 
-async def asgi_request(
-    app,
+def http_scope(
     path: str,
     query: bytes = b"",
     method: str = "GET",
-    body: bytes = b"",
     headers: tuple = (),
     server: tuple[str, int] = ("testserver", 80),
-) -> list[dict]:
-    """One HTTP request through `app`, the ASGI way; returns the messages it sent."""
-    scope = {
+) -> dict:
+    """The scope an ASGI server hands the app for one HTTP request."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -27,6 +25,19 @@ async def asgi_request(
         "client": ("127.0.0.1", 40000),
         "server": server,
     }
+
+
+async def asgi_request(
+    app,
+    path: str,
+    query: bytes = b"",
+    method: str = "GET",
+    body: bytes = b"",
+    headers: tuple = (),
+    server: tuple[str, int] = ("testserver", 80),
+) -> list[dict]:
+    """One HTTP request through `app`, the ASGI way; returns the messages it sent."""
+    scope = http_scope(path, query, method, headers, server)
     sent: list[dict] = []
     received = False
     finished = asyncio.Event()
