@@ -10,13 +10,15 @@ OS thread for its whole life.
 
 This handler does the same bookkeeping without the hops:
 
-- Database connections. A request that never borrowed a connection has none
-  to give back, so nothing runs. A request that did (the connection_created
-  signal says so) gets close_old_connections() in its own thread-sensitive
-  thread, the thread that used the connection, exactly as stock Django does:
-  with CONN_MAX_AGE = 0 that returns the connection to the pool. A request
-  cancelled while its sync work still runs (the client went away) gets the
-  same call queued behind that work, in the same thread.
+- Database connections. Only a request's own thread can hold a connection,
+  and the thread starts only if the request runs sync code. A request that
+  ran none has nothing to give back, so nothing runs. A request that did
+  gets close_old_connections() as the last call in its thread, the thread
+  that used the connection, as stock Django does: with CONN_MAX_AGE = 0 that
+  returns the connection to the pool. However the request ended: queued
+  behind sync work still running (a client that went away mid-query cancels
+  the view, not the query), and after an exception that skips
+  response.close() (a server whose send() raises once the client has gone).
 - reset_queries and the start-of-request close_old_connections act on the
   connections of the request's thread, which is new for every request under
   ASGI and so has none: they are skipped.
@@ -47,11 +49,9 @@ an upgrade gets a review of this file.
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
@@ -63,7 +63,6 @@ from django.core.handlers import asgi
 from django.core.handlers.base import reset_urlconf
 from django.core.handlers.exception import convert_exception_to_response
 from django.db import close_old_connections, reset_queries
-from django.db.backends.signals import connection_created
 from django.dispatch import Signal
 from django.http import HttpResponseBase
 from django.urls import set_script_prefix, set_urlconf
@@ -75,25 +74,6 @@ logger = logging.getLogger("django.request")
 
 # Receivers whose work this handler does itself, without a thread hop.
 BOOKKEEPING_RECEIVERS = frozenset({reset_queries, close_old_connections, close_caches, reset_urlconf})
-
-
-@dataclass
-class RequestState:
-    used_database: bool = False
-
-
-_request_state: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar("request_state", default=None)
-
-
-def _note_database_use(**kwargs: object) -> None:
-    # Runs in the thread that borrowed the connection; the context (and with it
-    # this request's state) travels there with sync_to_async.
-    state = _request_state.get()
-    if state is not None:
-        state.used_database = True
-
-
-connection_created.connect(_note_database_use, dispatch_uid="core.handlers.note_database_use")
 
 
 def other_receivers(signal: Signal, sender: type) -> tuple[list, list]:
@@ -139,13 +119,12 @@ class ASGIHandler(asgi.ASGIHandler):
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
         finally:
-            if executor.used:
-                # Queued behind whatever sync work the request left running (a
-                # client that went away mid-query cancels the view, not the
-                # query): the connection that work borrows goes back to the
-                # pool, in its thread, once the work ends.
-                executor.submit(close_old_connections)
+            # Changed: the request's database connection goes back to the pool
+            # in its thread, last (see the module's docstring).
+            returned = executor.submit(close_old_connections) if executor.used else None
             executor.shutdown(wait=False)
+        if returned is not None:
+            await asyncio.wrap_future(returned)  # ended normally: back before the server moves on
 
     def load_middleware(self, is_async: bool = False) -> None:
         """BaseHandler.load_middleware, with Django's middleware swapped for its no-hop drop-ins."""
@@ -216,39 +195,35 @@ class ASGIHandler(asgi.ASGIHandler):
         except RequestAborted:
             return
 
-        state_token = _request_state.set(RequestState())
-        try:
-            with contextlib.closing(body_file):
-                set_script_prefix(asgi.get_script_prefix(scope))
-                await send_to_others(signals.request_started, self.__class__, scope=scope)
-                request, error_response = self.create_request(scope, body_file)
-                if request is None:
-                    body_file.close()
-                    await self.send_response(error_response, send)
-                    await self.close_response(error_response)
-                    return
+        with contextlib.closing(body_file):
+            set_script_prefix(asgi.get_script_prefix(scope))
+            await send_to_others(signals.request_started, self.__class__, scope=scope)
+            request, error_response = self.create_request(scope, body_file)
+            if request is None:
+                body_file.close()
+                await self.send_response(error_response, send)
+                await self.close_response(error_response)
+                return
 
-                class RequestProcessed(Exception):
-                    pass
+            class RequestProcessed(Exception):
+                pass
 
-                response = None
+            response = None
+            try:
                 try:
-                    try:
-                        async with asyncio.TaskGroup() as tg:
-                            tg.create_task(self.listen_for_disconnect(receive))
-                            response = await self.run_get_response(request)
-                            await self.send_response(response, send)
-                            raise RequestProcessed
-                    except* (RequestProcessed, RequestAborted):
-                        pass
-                except BaseExceptionGroup as exception_group:
-                    if len(exception_group.exceptions) == 1:
-                        raise exception_group.exceptions[0]  # noqa: B904  (as Django does)
-                    raise
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self.listen_for_disconnect(receive))
+                        response = await self.run_get_response(request)
+                        await self.send_response(response, send)
+                        raise RequestProcessed
+                except* (RequestProcessed, RequestAborted):
+                    pass
+            except BaseExceptionGroup as exception_group:
+                if len(exception_group.exceptions) == 1:
+                    raise exception_group.exceptions[0]  # noqa: B904  (as Django does)
+                raise
 
-                await self.close_response(response)
-        finally:
-            _request_state.reset(state_token)
+            await self.close_response(response)
 
     async def close_response(self, response: HttpResponseBase | None) -> None:
         """response.close() and the request_finished bookkeeping, hopping only when there is work."""
@@ -261,10 +236,6 @@ class ASGIHandler(asgi.ASGIHandler):
                     closer()
             response._resource_closers.clear()
             response.closed = True
-        state = _request_state.get()
-        if state is not None and state.used_database:
-            # In the request's thread-sensitive thread, the one that used the connection.
-            await sync_to_async(close_old_connections, thread_sensitive=True)()
         if any(type(cache).close is not BaseCache.close for cache in caches.all(initialized_only=True)):
             # Only backends with connections (memcached, Redis) do anything on close.
             await sync_to_async(close_caches, thread_sensitive=True)()
