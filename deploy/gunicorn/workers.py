@@ -6,6 +6,8 @@ the HTTP parser and lifespan. This subclass says all of them:
 
 - uvloop and httptools, the fast paths (installed from requirements/app.txt);
   "auto" would fall back silently to asyncio and h11 if either went missing.
+  The httptools protocol is protocol.py's: one write per response instead of
+  two (head, then body).
 - lifespan off: Django has no lifespan support, so "auto" would log an
   ASGI lifespan error at every worker start.
 - a bounded graceful shutdown: on SIGTERM, uvicorn stops accepting, lets
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gunicorn.arbiter import Arbiter
+from protocol import HttpToolsOneWriteProtocol
 from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker as BaseUvicornWorker
@@ -48,7 +51,7 @@ SHUTDOWN_MARGIN_SECONDS = 2
 class UvicornWorker(BaseUvicornWorker):
     CONFIG_KWARGS: dict[str, Any] = {
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HttpToolsOneWriteProtocol,
         "lifespan": "off",
         "server_header": False,
         "reset_contextvars": True,

@@ -111,9 +111,11 @@ def test_gunicorn_conf_rejects_a_bad_number(monkeypatch):
 def test_worker_passes_on_what_uvicorn_worker_does_not(monkeypatch):
     from gunicorn.config import Config
     from gunicorn.glogging import Logger
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     sys.path.insert(0, str(DEPLOY / "gunicorn"))
     try:
+        from protocol import HttpToolsOneWriteProtocol
         from workers import UvicornWorker
     finally:
         sys.path.remove(str(DEPLOY / "gunicorn"))
@@ -123,7 +125,8 @@ def test_worker_passes_on_what_uvicorn_worker_does_not(monkeypatch):
     cfg.set("forwarded_allow_ips", "172.30.80.0/24")
     worker = UvicornWorker(age=1, ppid=os.getpid(), sockets=[], app=None, timeout=30, cfg=cfg, log=Logger(cfg))
     config = worker.config
-    assert (config.loop, config.http, config.lifespan) == ("uvloop", "httptools", "off")
+    assert (config.loop, config.http, config.lifespan) == ("uvloop", HttpToolsOneWriteProtocol, "off")
+    assert issubclass(config.http, HttpToolsProtocol)  # httptools, one write per response
     assert config.timeout_graceful_shutdown == 18
     assert config.timeout_keep_alive == 75
     assert config.server_header is False
