@@ -24,15 +24,19 @@ https://docs.djangoproject.com/en/6.1/topics/http/middleware/#asynchronous-suppo
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as message_middleware
+from django.contrib.messages.storage import default_storage
+from django.contrib.messages.storage.base import BaseStorage
 from django.contrib.sessions import middleware as session_middleware
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware import clickjacking, common, csrf, security
+from django.utils.functional import SimpleLazyObject, empty
 from whitenoise.middleware import WhiteNoiseMiddleware
 from whitenoise.responders import StaticFile
 
@@ -183,11 +187,31 @@ class SessionMiddleware(NoHopMixin, session_middleware.SessionMiddleware):
 
 
 class MessageMiddleware(NoHopMixin, message_middleware.MessageMiddleware):
-    """Messages are stored only if they were read or added (possibly in the session)."""
+    """Messages: the storage is built when first used, and stored only if read or added (possibly in the session).
+
+    Django builds the storage, a cookie signer included, on every request (5 %
+    of a plain view's time); most requests never touch it. Left unbuilt, it
+    has nothing to store, as BaseStorage.update() would find.
+    """
+
+    def process_request(self, request: HttpRequest) -> None:
+        request._messages = SimpleLazyObject(partial(default_storage, request))
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if self.built_storage(request) is None:
+            return response
+        return super().process_response(request, response)
 
     def response_needs_thread(self, request: HttpRequest, response: HttpResponse) -> bool:
-        storage = getattr(request, "_messages", None)
+        storage = self.built_storage(request)
         return storage is not None and (storage.used or storage.added_new)
+
+    @staticmethod
+    def built_storage(request: HttpRequest) -> BaseStorage | None:
+        storage = getattr(request, "_messages", None)
+        if isinstance(storage, SimpleLazyObject) and storage._wrapped is empty:
+            return None
+        return storage
 
 
 class CsrfViewMiddleware(NoHopMixin, csrf.CsrfViewMiddleware):

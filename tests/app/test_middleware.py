@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib import messages
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.contrib.staticfiles.storage import staticfiles_storage
 from django.db import OperationalError
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, override_settings
 
 from core.handlers import ASGIHandler
-from core.middleware import DatabaseUnavailableMiddleware
+from core.middleware import DatabaseUnavailableMiddleware, MessageMiddleware
 
 ADAPTED = "adapted for middleware"
 
@@ -82,3 +84,29 @@ def test_database_errors_become_503():
     response = middleware.process_exception(request, OperationalError("connection refused"))
     assert response.status_code == 503
     assert middleware.process_exception(request, ValueError("not a database error")) is None
+
+
+def messages_request(**cookies: str) -> HttpRequest:
+    request = RequestFactory().get("/")
+    request.COOKIES.update(cookies)
+    SessionMiddleware(lambda request: HttpResponse()).process_request(request)
+    return request
+
+
+def test_message_storage_is_built_only_for_a_request_that_uses_it():
+    middleware = MessageMiddleware(lambda request: HttpResponse())
+    untouched = messages_request()
+    middleware.process_request(untouched)
+    response = middleware.process_response(untouched, HttpResponse())
+    assert middleware.built_storage(untouched) is None  # no storage, no signer, nothing to store
+    assert not middleware.response_needs_thread(untouched, response) and not response.cookies
+
+    adding = messages_request()
+    middleware.process_request(adding)
+    messages.info(adding, "saved")
+    assert middleware.response_needs_thread(adding, HttpResponse())  # storing may touch the session
+    response = middleware.process_response(adding, HttpResponse())
+
+    reading = messages_request(messages=response.cookies["messages"].value)
+    middleware.process_request(reading)
+    assert [m.message for m in messages.get_messages(reading)] == ["saved"]
