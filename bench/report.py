@@ -37,6 +37,7 @@ def summarise(results: dict) -> dict[str, list[dict]]:
         rates = [r["requests_per_s"] for r in runs]
         tables.setdefault(m["workload"], []).append({
             "server": m["server"],
+            "seconds": m.get("seconds") or results["duration_s"],
             "requests_per_s": mean(rates),
             "noise": spread(rates),
             "p50_ms": mean([r["p50_ms"] for r in runs]),
@@ -59,7 +60,7 @@ def markdown(results: dict) -> str:
         "# Benchmark results",
         "",
         f"{m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, kernel {m['kernel']}, "
-        f"Docker {m['docker']}. {results['workers']} workers per server, {results['duration_s']:g} s per run, "
+        f"Docker {m['docker']}. {results['workers']} workers per server, "
         f"{results['repeat']} run(s) each; wrk (and h2load for streams) on the same machine, through nginx.",
         "",
     ]
@@ -74,8 +75,8 @@ def markdown(results: dict) -> str:
                 f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non_2xx']} | {r['socket_errors']} | "
                 f"{r['peak_rss_mb']:.0f} | {r['peak_threads']} |"
             )
-        lines += ["", f"Run-to-run noise: {workload_noise(rows):.1%} (the largest spread between repeats "
-                  "of a server that served this workload without errors).", ""]  # fmt: skip
+        lines += ["", f"Runs of {rows[0]['seconds']:g} s. Run-to-run noise: {workload_noise(rows):.1%} (the largest "
+                  "spread between repeats of a server that served this workload without errors).", ""]  # fmt: skip
     if results["streams"]:
         ref = results["streams"][0]["reference_streams"]
         lines += ["## (d) held Server-Sent Events streams (GET /events/?count=6, N open at once, HTTP/2 to nginx)", ""]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 
 SCRIPT = "for f in /proc/[0-9]*/status; do cat $f 2>/dev/null; done"
@@ -32,6 +33,19 @@ def usage(container: str) -> Usage:
         rss_kb += int(rss.group(1)) if rss else 0
         threads += int(count.group(1)) if count else 0
     return Usage(rss_mb=rss_kb / 1024, threads=threads)
+
+
+def settled_usage(container: str, timeout_s: float = 30.0) -> Usage:
+    """usage() once the thread count stops falling: requests of the workload before still finishing are not idle."""
+    last = usage(container)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = usage(container)
+        if now.threads >= last.threads:
+            return now
+        last = now
+    return last
 
 
 class PeakSampler:
