@@ -35,8 +35,13 @@ async def asgi_request(
     body: bytes = b"",
     headers: tuple = (),
     server: tuple[str, int] = ("testserver", 80),
+    client_leaves: bool = False,
 ) -> list[dict]:
-    """One HTTP request through `app`, the ASGI way; returns the messages it sent."""
+    """One HTTP request through `app`, the ASGI way; returns the messages it sent.
+
+    client_leaves: the client is gone by the time the answer comes, and send()
+    raises OSError, as the ASGI spec lets a server do.
+    """
     scope = http_scope(path, query, method, headers, server)
     sent: list[dict] = []
     received = False
@@ -51,6 +56,9 @@ async def asgi_request(
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
+        if client_leaves:
+            finished.set()  # receive() says so from now on
+            raise OSError("the client disconnected")
         sent.append(message)
 
     await app(scope, receive, send)

@@ -2,7 +2,6 @@
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -111,14 +110,10 @@ def test_gunicorn_conf_rejects_a_bad_number(monkeypatch):
 def test_worker_passes_on_what_uvicorn_worker_does_not(monkeypatch):
     from gunicorn.config import Config
     from gunicorn.glogging import Logger
+    from protocol import HttpToolsOneWriteProtocol
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from workers import UvicornWorker
 
-    sys.path.insert(0, str(DEPLOY / "gunicorn"))
-    try:
-        from protocol import HttpToolsOneWriteProtocol
-        from workers import UvicornWorker
-    finally:
-        sys.path.remove(str(DEPLOY / "gunicorn"))
     cfg = Config()
     cfg.set("graceful_timeout", 20)
     cfg.set("keepalive", 75)

@@ -3,16 +3,12 @@
 import asyncio
 import importlib
 import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from django.test import AsyncClient
 
 from core import draining
-
-WORKERS = Path("/srv/deploy/gunicorn")
 
 
 @pytest.fixture(autouse=True)
@@ -58,15 +54,11 @@ def test_events_stream_ends_properly_when_the_drain_begins(call_async, caplog):
 
 
 def test_worker_calls_the_apps_on_drain_before_shutting_down(monkeypatch):
+    import workers
     from gunicorn.config import Config
     from gunicorn.glogging import Logger
     from uvicorn.config import Config as UvicornConfig
 
-    sys.path.insert(0, str(WORKERS))
-    try:
-        workers = importlib.import_module("workers")
-    finally:
-        sys.path.remove(str(WORKERS))
     importlib.import_module("config.asgi")
     cfg = Config()
     cfg.set("wsgi_app", "config.asgi:application")

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from asgi_client import asgi_request, body, http_scope, status
+from asgi_client import asgi_request, body, status
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 from django.core.cache import caches
 from django.core.handlers import asgi as django_asgi
@@ -96,19 +96,28 @@ def pool_stats() -> dict:
     return connections["default"].pool.get_stats()
 
 
-def settled_pool_stats(seconds: float = 5) -> dict:
-    """The pool's numbers once every connection is back, or after `seconds`."""
+def assert_every_connection_back(seconds: float = 5) -> dict:
+    """The pool's numbers once every connection is back; fails if that takes longer than `seconds`."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and pool_stats().get("pool_available") != pool_stats().get("pool_size"):
+    stats = pool_stats()
+    while time.monotonic() < deadline and stats.get("pool_available") != stats.get("pool_size"):
         time.sleep(0.05)
-    return pool_stats()
+        stats = pool_stats()
+    assert stats["pool_available"] == stats["pool_size"], stats
+    return stats
+
+
+@pytest.fixture
+def app_with_a_book() -> ASGIHandler:
+    """The handler, one book to read, and a pool the test's own thread holds nothing of."""
+    Book.objects.create(title="Pooled")
+    connections.close_all()
+    return ASGIHandler()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_database_connections_go_back_to_the_pool():
-    Book.objects.create(title="Pooled")
-    connections.close_all()
-    app = ASGIHandler()
+def test_database_connections_go_back_to_the_pool(app_with_a_book):
+    app = app_with_a_book
 
     async def run() -> list:
         requests = []
@@ -120,19 +129,16 @@ def test_database_connections_go_back_to_the_pool():
     results = asyncio.run(run())
     assert all(status(r) == 200 for r in results), [status(r) for r in results]
     assert all(body(r) == b"Pooled" for r in results[::4])
-    stats = settled_pool_stats()
-    assert stats["pool_available"] == stats["pool_size"], stats
+    stats = assert_every_connection_back()
     assert stats.get("requests_waiting", 0) == 0
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_context_left_from_an_earlier_request_is_not_shared():
+def test_a_context_left_from_an_earlier_request_is_not_shared(app_with_a_book):
     # On a keep-alive connection a server may start the next request's task
     # in a copy of the last one's context (python/cpython#140947), with that
     # request's thread-sensitive context still set in it.
-    Book.objects.create(title="Pooled")
-    connections.close_all()
-    app = ASGIHandler()
+    app = app_with_a_book
     leaked = ThreadSensitiveContext()
     threads: set[threading.Thread] = set()  # the objects, kept alive: an ident can be reused
 
@@ -152,44 +158,25 @@ def test_a_context_left_from_an_earlier_request_is_not_shared():
     # Each request's ORM work ran in a thread of its own, none in the leaked context's.
     assert len(threads) == 20
     assert leaked not in SyncToAsync.context_to_thread_executor
-    stats = settled_pool_stats()
-    assert stats["pool_available"] == stats["pool_size"], stats
+    assert_every_connection_back()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_client_that_leaves_before_the_answer_leaks_no_connection():
+def test_a_client_that_leaves_before_the_answer_leaks_no_connection(app_with_a_book):
     # The view's query ran; by the time the answer is sent the client has gone,
     # and the server's send() raises, as the ASGI spec allows (OSError). The
     # handler is left by that exception, past response.close().
-    Book.objects.create(title="Pooled")
-    connections.close_all()
-    app = ASGIHandler()
+    app = app_with_a_book
 
     async def abandoned() -> None:
-        received = False
-        gone = asyncio.Event()
-
-        async def receive() -> dict:
-            nonlocal received
-            if not received:
-                received = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            gone.set()
-            raise OSError("the client disconnected")
-
         with pytest.raises(OSError, match="disconnected"):
-            await app(http_scope("/books/"), receive, send)
+            await asgi_request(app, "/books/", client_leaves=True)
 
     async def run() -> None:
         await asyncio.gather(*(abandoned() for _ in range(5)))
 
     asyncio.run(run())
-    stats = settled_pool_stats()
-    assert stats["pool_available"] == stats["pool_size"], stats
+    assert_every_connection_back()
 
 
 @pytest.mark.django_db(transaction=True)

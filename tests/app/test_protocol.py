@@ -6,26 +6,18 @@ httptools and the app as in production.
 """
 
 import asyncio
-import importlib
 import socket
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import protocol
 import pytest
 import uvicorn
 import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core.handlers import ASGIHandler
-
-GUNICORN_DIR = "/srv/deploy/gunicorn"
-sys.path.insert(0, GUNICORN_DIR)
-try:
-    protocol = importlib.import_module("protocol")
-finally:
-    sys.path.remove(GUNICORN_DIR)
 
 App = Callable[[dict, Callable, Callable], Awaitable[None]]
 
