@@ -3,6 +3,10 @@
 #   nginx  the official nginx image with this project's config and the static files
 #   test   the app image plus the app's own test tools (tests/app)
 #   bench  the app image plus the servers the benchmark races it against (bench/)
+#   uvicorn-suite  the test image plus uvicorn's and uvicorn-worker's own tests, run
+#          with their classes and the blueprint's protocol and worker (tests/uvicorn_suite)
+#   django-suite  the test image plus Django's own tests, run stock and with the
+#          blueprint's handler and middleware (tests/django_suite)
 # Copying it: change the paths in the `build` stage if your project is laid out
 # differently. Base images are pinned by tag; to pin a digest, pass one, e.g.
 #   docker compose build --build-arg PYTHON_IMAGE=python:3.13-slim-trixie@sha256:...
@@ -64,8 +68,64 @@ FROM app AS bench
 USER 0
 COPY requirements/app.txt requirements/bench-servers.txt /tmp/requirements/
 RUN pip install --require-hashes --only-binary=:all: -r /tmp/requirements/bench-servers.txt
-COPY bench/raw_asgi.py bench/stock_asgi.py /srv/bench/
+COPY bench/raw_asgi.py /srv/bench/
 USER 10001:10001
+
+# --- uvicorn-suite: uvicorn's and uvicorn-worker's own tests, against protocol.py and workers.py --
+# Run by the `uvicorn-suite` service of tests/compose.test.yml (tests/uvicorn_suite).
+FROM test AS uvicorn-suite
+USER 0
+COPY requirements/app.txt requirements/uvicorn-suite.txt /tmp/requirements/
+RUN pip install --require-hashes --only-binary=:all: -r /tmp/requirements/uvicorn-suite.txt
+# The tests of exactly the uvicorn and uvicorn-worker the app runs: their source
+# distributions, checked against the hashes app.txt locks (their lines are taken from
+# there, so each version and hash lives in one place; the count stops a silent empty
+# download). pip reads an sdist's metadata with its build backend: the locked one
+# installed above (--no-build-isolation). Only tests/ and the pytest settings are
+# kept: the tests import the installed packages.
+RUN awk '/^(uvicorn|uvicorn-worker)==/ {found = 1} found {print} found && !/\\$/ {found = 0}' \
+      /tmp/requirements/app.txt > /tmp/requirements/uvicorn-sdists.txt \
+ && test "$(grep -c '==' /tmp/requirements/uvicorn-sdists.txt)" -eq 2 \
+ && pip download --quiet --no-deps --no-binary=:all: --no-build-isolation --require-hashes \
+      -r /tmp/requirements/uvicorn-sdists.txt -d /tmp/uvicorn-sdists \
+ && mkdir -p /srv/uvicorn-suite/uvicorn /srv/uvicorn-suite/uvicorn-worker \
+ && tar -xzf /tmp/uvicorn-sdists/uvicorn-[0-9]*.tar.gz -C /srv/uvicorn-suite/uvicorn --no-same-owner \
+      --strip-components=1 --wildcards --no-wildcards-match-slash '*/tests' '*/pyproject.toml' \
+ && tar -xzf /tmp/uvicorn-sdists/uvicorn_worker-[0-9]*.tar.gz -C /srv/uvicorn-suite/uvicorn-worker --no-same-owner \
+      --strip-components=1 --wildcards --no-wildcards-match-slash '*/tests' '*/pyproject.toml' \
+ && rm -rf /tmp/uvicorn-sdists /tmp/requirements/uvicorn-sdists.txt
+COPY tests/uvicorn_suite/ /srv/uvicorn-suite/harness/
+# The harness, and protocol.py and workers.py by the names gunicorn's config imports them by.
+ENV PYTHONPATH=/srv/uvicorn-suite/harness:/srv/deploy/gunicorn
+USER 10001:10001
+WORKDIR /srv/uvicorn-suite
+CMD ["python", "/srv/uvicorn-suite/harness/run_suites.py"]
+
+# --- django-suite: Django's own tests, stock and with core.handlers and core.middleware --
+# Run by the `django-suite` service of tests/compose.test.yml (tests/django_suite).
+FROM test AS django-suite
+USER 0
+COPY requirements/app.txt requirements/django-suite.txt /tmp/requirements/
+RUN pip install --require-hashes --only-binary=:all: -r /tmp/requirements/django-suite.txt
+# The tests of exactly the Django the app runs: its source distribution, checked
+# against the hash app.txt locks (the django lines are taken from there, so the
+# version and hash live in one place). pip reads its metadata with the locked build
+# backend installed above (--no-build-isolation). Only tests/ is kept; the suite
+# imports the installed Django.
+RUN awk '/^django==/ {found = 1} found {print} found && !/\\$/ {exit}' /tmp/requirements/app.txt \
+      > /tmp/requirements/django-sdist.txt \
+ && pip download --quiet --no-deps --no-binary=:all: --no-build-isolation --require-hashes \
+      -r /tmp/requirements/django-sdist.txt -d /tmp/django-sdist \
+ && mkdir /srv/django-tests \
+ && tar -xzf /tmp/django-sdist/*.tar.gz -C /srv/django-tests --no-same-owner --strip-components=2 \
+      --wildcards --no-wildcards-match-slash '*/tests' \
+ && rm -rf /tmp/django-sdist /tmp/requirements/django-sdist.txt
+COPY tests/django_suite/ /srv/django-suite/
+# /srv/app for core.*; runtests.py puts its own directory first on the path.
+ENV PYTHONPATH=/srv/app:/srv/django-suite
+USER 10001:10001
+WORKDIR /srv/django-tests
+CMD ["python", "/srv/django-suite/main.py"]
 
 # --- nginx: the front door, with the static files baked in -------------------------------
 FROM ${NGINX_IMAGE} AS nginx

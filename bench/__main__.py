@@ -137,6 +137,7 @@ class Bench:
             "EDGE_SUBNET": "172.30.89.0/24",
             # The image's default (off), which the test stack turns on.
             "GUNICORN_ACCESS_LOG": "",
+            **dict(server.env),
         }
 
     def start(self, server: Server) -> None:

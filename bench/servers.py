@@ -13,6 +13,7 @@ class Server:
     description: str
     command: str  # {workers} is replaced by the worker count
     skips: frozenset[str] = frozenset()  # workloads this server has no route for
+    env: tuple[tuple[str, str], ...] = ()  # settings of the app container for this server
 
     def app_command(self, workers: int) -> str:
         return self.command.format(workers=workers, conf=CONF)
@@ -49,8 +50,9 @@ SERVERS = [
     ),
     Server(
         "django-stock",
-        "the blueprint's server with Django's stock ASGI handler (a thread per request)",
-        "gunicorn -c {conf} --chdir /srv/bench stock_asgi:application",
+        "the blueprint's server with Django's own ASGI handler and middleware (a thread per request)",
+        "gunicorn -c {conf}",
+        env=(("DJANGO_STOCK_HANDLER", "true"),),
     ),
     Server(
         "raw-asgi",

@@ -7,6 +7,7 @@ Python 3.10's standard library and a Docker engine with compose v2.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -96,6 +97,17 @@ class Stack:
             **extra,
         }
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+
+    def sibling(self, name: str, offset: int, env: dict[str, str]) -> Stack:
+        """Another stack beside this one: project <project>-<name>, its edge range `offset` /24s above this one's.
+
+        STACK_<NAME>_EDGE_SUBNET picks the range instead.
+        """
+        edge = ipaddress.ip_network(self.edge_subnet)
+        subnet = os.environ.get(f"STACK_{name.upper()}_EDGE_SUBNET") or f"{edge.network_address + (offset << 8)}/24"
+        other = Stack(project=f"{self.project}-{name}", edge_subnet=subnet)
+        other.write_env(env)
+        return other
 
     # --- docker compose ------------------------------------------------------------
     def compose_args(self, *args: str, with_tests: bool = False) -> list[str]:

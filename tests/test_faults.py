@@ -11,7 +11,6 @@ round trip, all through the documented commands.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import os
 import re
@@ -312,10 +311,7 @@ def test_memory_limit(stack: Stack):
 def replicas(stack: Stack) -> Iterator[Stack]:
     """Two app replicas, with its own project name, port, network range and volumes."""
     # 64 /24s above the session stack's range (172.30.81.0/24 -> 172.30.145.0/24).
-    edge = ipaddress.ip_network(stack.edge_subnet)
-    subnet = os.environ.get("STACK_REPLICAS_EDGE_SUBNET") or f"{edge.network_address + (64 << 8)}/24"
-    second = Stack(project=f"{stack.project}-replicas", edge_subnet=subnet)
-    second.write_env({"APP_REPLICAS": "2"})
+    second = stack.sibling("replicas", 64, {"APP_REPLICAS": "2"})
     second.compose("down", "--volumes", "--remove-orphans", check=False)
     try:
         second.up()

@@ -1,4 +1,8 @@
-"""Every route of the contract, from outside, through nginx on 127.0.0.1."""
+"""Every route of the contract, from outside, through nginx on 127.0.0.1.
+
+Each test runs twice: against the blueprint's handler, and against Django's own
+(DJANGO_STOCK_HANDLER=true, the documented off switch), which must serve alike.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,18 @@ import secrets
 import pytest
 
 from tests.stack import Stack
+
+
+@pytest.fixture(params=["blueprint", "stock"])
+def stack(request: pytest.FixtureRequest, stack: Stack, stock_stack: Stack) -> Stack:
+    return stack if request.param == "blueprint" else stock_stack
+
+
+def test_serves_with_the_handler_the_setting_names(stack: Stack, request: pytest.FixtureRequest):
+    code = "from config.asgi import application; print(type(application).__module__)"
+    module = stack.exec("app", "python", "-c", code).stdout.strip().splitlines()[-1]
+    stock = "stock" in request.node.callspec.id
+    assert module == ("django.core.handlers.asgi" if stock else "core.handlers")
 
 
 def test_index_links_the_demos(stack: Stack):

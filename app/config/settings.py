@@ -58,6 +58,12 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# --- The ASGI request path (config/asgi.py) -------------------------------------------
+# true: serve with Django's own ASGI handler and middleware, unchanged, at the
+# cost of a thread per request in flight. The first thing to try if the app
+# misbehaves under the blueprint's handler: see docs/async-safety.md.
+STOCK_ASGI_HANDLER = env.bool("DJANGO_STOCK_HANDLER", default=False)
+
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",

@@ -71,10 +71,11 @@ def _thread_cost(middleware: type) -> str | None:
         and (hasattr(middleware, "process_request") or hasattr(middleware, "process_response"))
     ):
         return "is a MiddlewareMixin: it runs process_request/process_response in a thread on every request"
+    from core.middleware import NoHopMixin
+
     process_view = getattr(middleware, "process_view", None)
-    if process_view is not None and not (
-        iscoroutinefunction(process_view) or getattr(middleware, "process_view_is_async", False)
-    ):
+    async_view_hook = issubclass(middleware, NoHopMixin) and hasattr(middleware, "aprocess_view")
+    if process_view is not None and not (iscoroutinefunction(process_view) or async_view_hook):
         return "has a sync process_view: Django runs it in a thread on every request"
     return None
 
@@ -110,11 +111,11 @@ def request_signals_stay_on_the_event_loop(
     """Warn about sync receivers of request_started/request_finished (core.W011)."""
     from django.core import signals
 
-    from core.handlers import ASGIHandler, other_receivers
+    from core.handlers import StockASGIHandler, other_receivers
 
     messages = []
     for name in ("request_started", "request_finished"):
-        sync_receivers, _ = other_receivers(getattr(signals, name), ASGIHandler)
+        sync_receivers, _ = other_receivers(getattr(signals, name), StockASGIHandler)
         for receiver in sync_receivers:
             label = f"{receiver.__module__}.{getattr(receiver, '__qualname__', receiver)}"
             messages.append(

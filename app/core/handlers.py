@@ -1,59 +1,36 @@
-"""The ASGI handler: Django's, minus the thread every request takes for bookkeeping.
+"""The ASGI handler: Django's, minus the thread a request takes only for bookkeeping.
 
-Stock Django runs each ASGI request in a ThreadSensitiveContext, and the first
-sync hop inside it starts a thread that lives until the request ends. Every
-request makes at least two such hops that have nothing to do with the view:
-the sync receivers of `request_started` (reset_queries, close_old_connections)
-and `response.close()`, which sends `request_finished` (close_old_connections,
-close_caches). So an open SSE stream, or an `await asyncio.sleep()`, holds an
-OS thread for its whole life.
+Stock Django starts a thread for every ASGI request, however async its view:
+the sync receivers of request_started and request_finished (reset_queries,
+close_old_connections, close_caches, reset_urlconf) and response.close() run
+in it, and it lives until the request ends. This handler runs those where they
+have no work for a thread, on the event loop or not at all, and is Django's
+handler in every other respect:
 
-This handler does the same bookkeeping without the hops:
+- Once a request has a thread (its view, a middleware or a receiver ran sync
+  code), everything runs as stock Django runs it, in that thread and in order.
+- A response class with its own close(), and any other sync receiver of the
+  two signals, run in a thread as Django runs them.
+- Every request gets a new thread-sensitive context, even in a task that
+  inherited an earlier request's (python/cpython#140947).
+- A request's thread returns its database connection as the last thing it does,
+  however the request ended.
+- Django's own middleware runs through the no-hop drop-ins of core.middleware.
 
-- Database connections. Only a request's own thread can hold a connection,
-  and the thread starts only if the request runs sync code. A request that
-  ran none has nothing to give back, so nothing runs. A request that did
-  gets close_old_connections() as the last call in its thread, the thread
-  that used the connection, as stock Django does: with CONN_MAX_AGE = 0 that
-  returns the connection to the pool. However the request ended: queued
-  behind sync work still running (a client that went away mid-query cancels
-  the view, not the query), and after an exception that skips
-  response.close() (a server whose send() raises once the client has gone).
-- reset_queries and the start-of-request close_old_connections act on the
-  connections of the request's thread, which is new for every request under
-  ASGI and so has none: they are skipped.
-- close_caches runs only if a cache with connections to close is in use
-  (memcached, Redis; the local-memory cache has none), and reset_urlconf (a
-  context variable) runs on the event loop.
-- Any other receiver of request_started or request_finished, from your code
-  or a third-party app, still runs as Django would run it (a sync one in a
-  thread); the system check core.W011 points such receivers out.
-
-Every request gets a thread-sensitive context of its own, even when the
-server starts the request's task in a copy of an earlier request's context.
-Servers do that on keep-alive connections (python/cpython#140947): stock
-Django then finds the earlier request's context still set, keeps it, and
-every later request on the connection shares one thread for its ORM calls,
-and with it one database connection, which the first of them to finish
-returns to the pool while the others still use it.
-
-It also builds the middleware chain with core.middleware.NO_HOP_SUBSTITUTES:
-Django's session, CSRF, auth, messages, security, common and clickjacking
-middleware, as listed in settings.MIDDLEWARE, run through drop-in subclasses
-that stay on the event loop unless a request needs a thread.
-
-`__call__()`, `handle()` and `load_middleware()` follow Django 6.1's code line by line
-except where marked; tests/app/test_handlers.py fails when Django's change, so
-an upgrade gets a review of this file.
+docs/async-safety.md explains each point; tests/app/test_differential.py runs
+the same code through this handler and Django's, and Django's own test suite
+runs with it (tests/django_suite). Code copied from Django is marked where it
+changes, and tests/app/test_upgrade_guard.py fails when Django's original does.
 """
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.core import signals
 from django.core.cache import caches, close_caches
@@ -64,99 +41,174 @@ from django.core.handlers.base import reset_urlconf
 from django.core.handlers.exception import convert_exception_to_response
 from django.db import close_old_connections, reset_queries
 from django.dispatch import Signal
-from django.http import HttpResponseBase
+from django.dispatch.dispatcher import _run_parallel
+from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix, set_urlconf
 from django.utils.module_loading import import_string
 
-from core.middleware import NO_HOP_SUBSTITUTES
+from core.middleware import NO_HOP_SUBSTITUTES, view_hook
 
 logger = logging.getLogger("django.request")
 
-# Receivers whose work this handler does itself, without a thread hop.
-BOOKKEEPING_RECEIVERS = frozenset({reset_queries, close_old_connections, close_caches, reset_urlconf})
+
+class RequestExecutor(ThreadPoolExecutor):
+    """A request's one thread for thread-sensitive sync code, started only if the request has any."""
+
+    submitted = 0  # calls given to the thread
+    closed_at = 0  # which of them was response.close(), counted from 1 (0: none)
+
+    def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
 
 
-def other_receivers(signal: Signal, sender: type) -> tuple[list, list]:
+_request_executor: contextvars.ContextVar[RequestExecutor] = contextvars.ContextVar("request_executor")
+
+
+def request_has_thread() -> bool:
+    """Whether thread-sensitive code of this request has run, or would run, in a thread that exists.
+
+    True under a sync caller (async_to_sync: tests, mostly), whose thread takes
+    that code, and outside ASGIHandler.__call__(), where nothing is known.
+    """
+    if getattr(AsyncToSync.executors, "current", None) is not None:
+        return True
+    executor = _request_executor.get(None)
+    return executor is None or executor.submitted > 0
+
+
+# Django's receivers of request_started and request_finished, and what each
+# comes to for a request without a thread (send_request_signal()).
+async def _no_connections(**kwargs: object) -> None:
+    """reset_queries, close_old_connections: the thread they would run in is new and holds no connection."""
+
+
+async def _close_connected_caches(**kwargs: object) -> None:
+    # Only backends with connections (memcached, Redis) do anything on close.
+    if any(type(cache).close is not BaseCache.close for cache in caches.all(initialized_only=True)):
+        await sync_to_async(close_caches)(**kwargs)
+
+
+async def _reset_urlconf(**kwargs: object) -> None:
+    set_urlconf(None)  # a context variable: the same on the event loop as in a thread
+
+
+BOOKKEEPING_RECEIVERS = {
+    reset_queries: _no_connections,
+    close_old_connections: _no_connections,
+    close_caches: _close_connected_caches,
+    reset_urlconf: _reset_urlconf,
+}
+
+
+def other_receivers(signal: Signal, sender: object) -> tuple[list, list]:
     """The live (sync, async) receivers of `signal`, without Django's bookkeeping ones."""
     sync_receivers, async_receivers = signal._live_receivers(sender)
     return [r for r in sync_receivers if r not in BOOKKEEPING_RECEIVERS], async_receivers
 
 
-async def send_to_others(signal: Signal, sender: type, **named: object) -> None:
-    """Signal.asend(), for every receiver but the bookkeeping ones; no hop when none is sync."""
-    sync_receivers, async_receivers = other_receivers(signal, sender)
-    if sync_receivers:
+async def send_request_signal(signal: Signal, sender: object, **named: object) -> None:
+    """`await signal.asend(sender, **named)`, without the hop when only Django's bookkeeping is sync.
 
-        def send_sync() -> None:
-            for receiver in sync_receivers:
-                receiver(signal=signal, sender=sender, **named)
+    With a thread already there, or another sync receiver (which needs one),
+    it is Signal.asend() itself: every sync receiver in order in the request's
+    thread, then the async ones.
+    """
+    sync_receivers, async_receivers = signal._live_receivers(sender)
+    if request_has_thread() or any(r not in BOOKKEEPING_RECEIVERS for r in sync_receivers):
+        await signal.asend(sender=sender, **named)
+        return
+    for receiver in sync_receivers:
+        await BOOKKEEPING_RECEIVERS[receiver](signal=signal, sender=sender, **named)
+    await _run_parallel(*(receiver(signal=signal, sender=sender, **named) for receiver in async_receivers))
 
-        await sync_to_async(send_sync)()
-    if async_receivers:
-        await asyncio.gather(*(receiver(signal=signal, sender=sender, **named) for receiver in async_receivers))
+
+def close_needs_thread(response: HttpResponseBase) -> bool:
+    """Whether response.close() has more to do than close the request: a class's own close(), a file's, a stream's."""
+    if getattr(response.close, "__func__", None) is not HttpResponseBase.close:
+        return True
+    return any(not isinstance(getattr(closer, "__self__", None), HttpRequest) for closer in response._resource_closers)
+
+
+def close_and_release(response: HttpResponseBase) -> None:
+    """response.close(), then what a request_finished receiver of yours may have taken from the pool."""
+    try:
+        response.close()
+    finally:
+        close_old_connections()
 
 
 class RequestProcessed(Exception):
     """Ends a request's task group once the response is sent (Django defines it inside handle())."""
 
 
-class RequestExecutor(ThreadPoolExecutor):
-    """A request's one thread for sync work, started only if the request has any."""
-
-    used = False
-
-    def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
-        self.used = True
-        return super().submit(fn, *args, **kwargs)
+# Django's handler, which this one stands in for as the sender of the request signals.
+StockASGIHandler = asgi.ASGIHandler
 
 
-class ASGIHandler(asgi.ASGIHandler):
-    async def __call__(self, scope: dict, receive: object, send: object) -> None:
-        """Django's ASGIHandler.__call__, with a new thread-sensitive context whatever the task inherited."""
+class ASGIHandler(StockASGIHandler):
+    @property
+    def signal_sender(self) -> type:
+        """Django sends `self.__class__`; this class sends Django's, so receivers connected to it still fire."""
+        return StockASGIHandler if type(self) is ASGIHandler else type(self)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """Django's ASGIHandler.__call__, with a thread-sensitive context and thread of the request's own."""
         if scope["type"] != "http":
             raise ValueError("Django can only handle ASGI/HTTP connections, not %s." % scope["type"])
-        # Changed: ThreadSensitiveContext() keeps a context it finds already
-        # set; given an executor it always starts its own. The executor's one
-        # thread starts only if the request makes a sync call, and ends with it.
+        # Changed: what `async with ThreadSensitiveContext()` does, except that
+        # it always starts a new context (stock Django keeps one the task
+        # inherited), with an executor whose thread starts only if used.
+        context = ThreadSensitiveContext()
         executor = RequestExecutor(max_workers=1, thread_name_prefix="request")
+        context_token = SyncToAsync.thread_sensitive_context.set(context)
+        executor_token = _request_executor.set(executor)
+        SyncToAsync.context_to_thread_executor[context] = executor
         try:
-            async with ThreadSensitiveContext(executor=executor):
-                await self.handle(scope, receive, send)
+            await self.handle(scope, receive, send)
         finally:
-            # Changed: the request's database connection goes back to the pool
-            # in its thread, last (see the module's docstring).
-            returned = executor.submit(close_old_connections) if executor.used else None
+            # Stock Django's ThreadSensitiveContext waits here for the thread's
+            # work to end. The call queued last does that, and returns the
+            # thread's database connection unless response.close() was last
+            # and already did (a request cut off by its client skips it).
+            SyncToAsync.context_to_thread_executor.pop(context, None)
+            SyncToAsync.thread_sensitive_context.reset(context_token)
+            _request_executor.reset(executor_token)
+            last = executor.submit(close_old_connections) if executor.submitted > executor.closed_at else None
             executor.shutdown(wait=False)
-        if returned is not None:
-            await asyncio.wrap_future(returned)  # ended normally: back before the server moves on
+            if last is not None:
+                await asyncio.wrap_future(last)
 
     def load_middleware(self, is_async: bool = False) -> None:
         """BaseHandler.load_middleware, with Django's middleware swapped for its no-hop drop-ins."""
-        if not is_async:
-            return super().load_middleware(is_async)
         self._view_middleware = []
         self._template_response_middleware = []
         self._exception_middleware = []
 
-        handler = convert_exception_to_response(self._get_response_async)
-        handler_is_async = True
+        get_response = self._get_response_async if is_async else self._get_response
+        handler = convert_exception_to_response(get_response)
+        handler_is_async = is_async
         for middleware_path in reversed(settings.MIDDLEWARE):
-            # The one change: Django's classes are replaced by their drop-ins.
-            middleware = NO_HOP_SUBSTITUTES.get(middleware_path) or import_string(middleware_path)
+            # Changed: was import_string(middleware_path).
+            middleware = (is_async and NO_HOP_SUBSTITUTES.get(middleware_path)) or import_string(middleware_path)
             middleware_can_sync = getattr(middleware, "sync_capable", True)
             middleware_can_async = getattr(middleware, "async_capable", False)
             if not middleware_can_sync and not middleware_can_async:
                 raise RuntimeError(
-                    f"Middleware {middleware_path} must have at least one of sync_capable/async_capable set to True."
+                    "Middleware %s must have at least one of sync_capable/async_capable set to True." % middleware_path
                 )
-            middleware_is_async = middleware_can_async
+            elif not handler_is_async and middleware_can_sync:
+                middleware_is_async = False
+            else:
+                middleware_is_async = middleware_can_async
             try:
+                # Adapt handler, if needed.
                 adapted_handler = self.adapt_method_mode(
                     middleware_is_async,
                     handler,
                     handler_is_async,
                     debug=settings.DEBUG,
-                    name=f"middleware {middleware_path}",
+                    name="middleware %s" % middleware_path,
                 )
                 mw_instance = middleware(adapted_handler)
             except MiddlewareNotUsed as exc:
@@ -170,10 +222,14 @@ class ASGIHandler(asgi.ASGIHandler):
                 handler = adapted_handler
 
             if mw_instance is None:
-                raise ImproperlyConfigured(f"Middleware factory {middleware_path} returned None.")
+                raise ImproperlyConfigured("Middleware factory %s returned None." % middleware_path)
 
             if hasattr(mw_instance, "process_view"):
-                self._view_middleware.insert(0, self.adapt_method_mode(is_async, mw_instance.process_view))
+                self._view_middleware.insert(
+                    0,
+                    # Changed: was mw_instance.process_view.
+                    self.adapt_method_mode(is_async, view_hook(mw_instance, is_async)),
+                )
             if hasattr(mw_instance, "process_template_response"):
                 self._template_response_middleware.append(
                     self.adapt_method_mode(is_async, mw_instance.process_template_response),
@@ -181,7 +237,9 @@ class ASGIHandler(asgi.ASGIHandler):
             if hasattr(mw_instance, "process_exception"):
                 # The exception-handling stack is still always synchronous for
                 # now, so adapt that way.
-                self._exception_middleware.append(self.adapt_method_mode(False, mw_instance.process_exception))
+                self._exception_middleware.append(
+                    self.adapt_method_mode(False, mw_instance.process_exception),
+                )
 
             handler = convert_exception_to_response(mw_instance)
             handler_is_async = middleware_is_async
@@ -192,8 +250,8 @@ class ASGIHandler(asgi.ASGIHandler):
         # as a flag for initialization being complete.
         self._middleware_chain = handler
 
-    async def handle(self, scope: dict, receive: object, send: object) -> None:
-        """Django's ASGIHandler.handle, with request_started and response.close() done without hops."""
+    async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """Django's ASGIHandler.handle, with the request signals and response.close() through this module."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
@@ -201,12 +259,13 @@ class ASGIHandler(asgi.ASGIHandler):
 
         with contextlib.closing(body_file):
             set_script_prefix(asgi.get_script_prefix(scope))
-            await send_to_others(signals.request_started, self.__class__, scope=scope)
+            # Changed: signals.request_started.asend(sender=self.__class__, ...) -> send_request_signal(...)
+            await send_request_signal(signals.request_started, self.signal_sender, scope=scope)
             request, error_response = self.create_request(scope, body_file)
             if request is None:
                 body_file.close()
                 await self.send_response(error_response, send)
-                await self.close_response(error_response)
+                await self.close_response(error_response)  # Changed: was sync_to_async(error_response.close)()
                 return
 
             # Changed: RequestProcessed is a module-level class; Django makes
@@ -226,21 +285,30 @@ class ASGIHandler(asgi.ASGIHandler):
                     raise exception_group.exceptions[0]  # noqa: B904  (as Django does)
                 raise
 
-            await self.close_response(response)
+            # Changed: both through this module.
+            if response is None:
+                await send_request_signal(signals.request_finished, self.signal_sender)
+            else:
+                await self.close_response(response)
 
-    async def close_response(self, response: HttpResponseBase | None) -> None:
-        """response.close() and the request_finished bookkeeping, hopping only when there is work."""
-        if response is not None:
-            # What HttpResponseBase.close() does before sending request_finished:
-            # close the request body and any file the response streamed (cheap,
-            # in-memory or local file handles).
-            for closer in response._resource_closers:
-                with contextlib.suppress(Exception):  # as Django does: a sent response stays sent
-                    closer()
-            response._resource_closers.clear()
-            response.closed = True
-        if any(type(cache).close is not BaseCache.close for cache in caches.all(initialized_only=True)):
-            # Only backends with connections (memcached, Redis) do anything on close.
-            await sync_to_async(close_caches, thread_sensitive=True)()
-        set_urlconf(None)  # reset_urlconf's work
-        await send_to_others(signals.request_finished, self.__class__)
+    async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
+        response = await super().run_get_response(request)
+        response._handler_class = self.signal_sender  # Changed: Django sets self.__class__
+        return response
+
+    async def close_response(self, response: HttpResponseBase) -> None:
+        """`await sync_to_async(response.close)()`, on the event loop when it has no work for a thread."""
+        if request_has_thread() or close_needs_thread(response):
+            executor = _request_executor.get(None)
+            before = executor.submitted if executor is not None else 0
+            await sync_to_async(close_and_release)(response)
+            if executor is not None and executor.submitted > before:
+                executor.closed_at = before + 1  # submitted as it started, before any other task could
+            return
+        # HttpResponseBase.close(), but for how request_finished is sent.
+        for closer in response._resource_closers:
+            with contextlib.suppress(Exception):
+                closer()
+        response._resource_closers.clear()
+        response.closed = True
+        await send_request_signal(signals.request_finished, response._handler_class)

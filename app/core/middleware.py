@@ -179,35 +179,68 @@ class AuthenticationMiddleware(NoHopMixin, auth_middleware.AuthenticationMiddlew
 
 
 class SessionMiddleware(NoHopMixin, session_middleware.SessionMiddleware):
-    """The session store is lazy; only saving it touches the database."""
+    """Django's session stores touch their storage only to load or save; only saving happens here.
+
+    Another engine (SESSION_ENGINE) may do I/O anywhere, so it runs as Django runs it, in a thread.
+    """
+
+    LAZY_ENGINES = frozenset(
+        f"django.contrib.sessions.backends.{name}" for name in ("db", "cache", "cached_db", "signed_cookies")
+    )
+
+    def __init__(self, get_response: GetResponse) -> None:
+        super().__init__(get_response)
+        self.lazy_engine = settings.SESSION_ENGINE in self.LAZY_ENGINES
+
+    def request_needs_thread(self, request: HttpRequest) -> bool:
+        return not self.lazy_engine
 
     def response_needs_thread(self, request: HttpRequest, response: HttpResponse) -> bool:
+        if not self.lazy_engine:
+            return True
         session = getattr(request, "session", None)
         return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
 
 
 class MessageMiddleware(NoHopMixin, message_middleware.MessageMiddleware):
-    """Messages: the storage is built when first used, and stored only if read or added (possibly in the session).
+    """Messages: Django's storages are built when first used, and store only if read or added.
 
     Django builds the storage, a cookie signer included, on every request (5 %
     of a plain view's time); most requests never touch it. Left unbuilt, it
-    has nothing to store, as BaseStorage.update() would find.
+    has nothing to store, as BaseStorage.update() would find. Another storage
+    (MESSAGE_STORAGE) runs as Django runs it, in a thread.
     """
 
+    LAZY_STORAGES = frozenset(
+        f"django.contrib.messages.storage.{name}"
+        for name in ("fallback.FallbackStorage", "cookie.CookieStorage", "session.SessionStorage")
+    )
+
     def process_request(self, request: HttpRequest) -> None:
-        request._messages = SimpleLazyObject(partial(default_storage, request))
+        if settings.MESSAGE_STORAGE in self.LAZY_STORAGES:
+            request._messages = SimpleLazyObject(partial(default_storage, request))
+        else:
+            super().process_request(request)
 
     def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        if self.built_storage(request) is None:
+        if hasattr(request, "_messages") and self.built_storage(request) is None:
             return response
         return super().process_response(request, response)
 
+    def request_needs_thread(self, request: HttpRequest) -> bool:
+        return settings.MESSAGE_STORAGE not in self.LAZY_STORAGES
+
     def response_needs_thread(self, request: HttpRequest, response: HttpResponse) -> bool:
         storage = self.built_storage(request)
-        return storage is not None and (storage.used or storage.added_new)
+        if storage is None:
+            return False
+        if not isinstance(storage, BaseStorage) or storage.__class__.update is not BaseStorage.update:
+            return True  # not Django's: whatever it does, in a thread
+        return storage.used or storage.added_new
 
     @staticmethod
     def built_storage(request: HttpRequest) -> BaseStorage | None:
+        """request._messages, unless it is a storage never built (or there is none)."""
         storage = getattr(request, "_messages", None)
         if isinstance(storage, SimpleLazyObject) and storage._wrapped is empty:
             return None
@@ -217,16 +250,10 @@ class MessageMiddleware(NoHopMixin, message_middleware.MessageMiddleware):
 class CsrfViewMiddleware(NoHopMixin, csrf.CsrfViewMiddleware):
     """The token check reads the form body only for unsafe methods; those take a thread.
 
-    Django adapts a sync process_view with a thread hop, so in async mode this
-    instance carries an async one instead.
+    process_view stays Django's (decorators such as decorator_from_middleware
+    call it directly); core.handlers.ASGIHandler registers aprocess_view in its
+    place, since Django would run a sync process_view through a thread hop.
     """
-
-    process_view_is_async = True  # for the check core.W010
-
-    def __init__(self, get_response: GetResponse) -> None:
-        super().__init__(get_response)
-        if self.async_mode:
-            self.process_view = self._aprocess_view
 
     def request_needs_thread(self, request: HttpRequest) -> bool:
         return settings.CSRF_USE_SESSIONS
@@ -234,13 +261,21 @@ class CsrfViewMiddleware(NoHopMixin, csrf.CsrfViewMiddleware):
     def response_needs_thread(self, request: HttpRequest, response: HttpResponse) -> bool:
         return settings.CSRF_USE_SESSIONS and bool(request.META.get("CSRF_COOKIE_NEEDS_UPDATE"))
 
-    async def _aprocess_view(
+    async def aprocess_view(
         self, request: HttpRequest, callback: Callable, callback_args: tuple, callback_kwargs: dict
     ) -> HttpResponse | None:
-        check = super().process_view
         if request.method in SAFE_METHODS and not settings.CSRF_USE_SESSIONS:
-            return check(request, callback, callback_args, callback_kwargs)
-        return await sync_to_async(check, thread_sensitive=True)(request, callback, callback_args, callback_kwargs)
+            return self.process_view(request, callback, callback_args, callback_kwargs)
+        return await sync_to_async(self.process_view, thread_sensitive=True)(
+            request, callback, callback_args, callback_kwargs
+        )
+
+
+def view_hook(middleware: object, is_async: bool) -> Callable:
+    """The process_view a handler registers: a drop-in's own async one (aprocess_view) in the async chain."""
+    if is_async and isinstance(middleware, NoHopMixin) and hasattr(middleware, "aprocess_view"):
+        return middleware.aprocess_view
+    return middleware.process_view
 
 
 # Django's middleware -> its drop-in here, used by core.handlers.ASGIHandler

@@ -1,20 +1,23 @@
-"""Shared fixtures for the app's tests (run inside the test image)."""
+"""Shared fixtures for the app's tests (run inside the test image, against the stack's Postgres)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from asgi_client import Client
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient
+from django.db.backends.signals import connection_created
+
+
+@pytest.fixture
+def asgi() -> Client:
+    """Requests through config.asgi.application (the production handler and middleware), as a server makes them."""
+    return Client()
 
 
 @pytest.fixture
 def call_async() -> Callable[..., Any]:
-    """Run a coroutine function from a sync test.
-
-    async_to_sync sends the ORM's thread-sensitive work back to the test's own
-    thread, so async views see the test's database transaction.
-    """
+    """Run a coroutine function from a sync test, as async_to_sync does in a sync caller."""
 
     def run(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return async_to_sync(func)(*args, **kwargs)
@@ -23,28 +26,20 @@ def call_async() -> Callable[..., Any]:
 
 
 @pytest.fixture
-def aclient(call_async: Callable[..., Any]) -> "SyncAsyncClient":
-    return SyncAsyncClient(call_async)
+def queries_anywhere() -> Iterator[list[str]]:
+    """The SQL every thread of the process runs during the test, not only the test's own (as Django's counters do)."""
+    executed: list[str] = []
 
+    def record(execute: Callable, sql: str, params: Any, many: bool, context: dict) -> Any:
+        executed.append(sql)
+        return execute(sql, params, many, context)
 
-class SyncAsyncClient:
-    """Django's AsyncClient (the ASGI request path), driven from sync tests."""
+    def watch(connection: Any, **kwargs: Any) -> None:
+        if record not in connection.execute_wrappers:
+            connection.execute_wrappers.append(record)
 
-    def __init__(self, call_async: Callable[..., Any]) -> None:
-        self._client = AsyncClient()
-        self._call = call_async
-
-    def get(self, path: str, data: Any = None, **kwargs: Any) -> Any:
-        return self._call(self._client.get, path, data, **kwargs)
-
-    def head(self, path: str, **kwargs: Any) -> Any:
-        return self._call(self._client.head, path, **kwargs)
-
-    def post(self, path: str, data: Any = None, **kwargs: Any) -> Any:
-        return self._call(self._client.post, path, data, **kwargs)
-
-    def streaming_body(self, response: Any) -> bytes:
-        async def collect() -> bytes:
-            return b"".join([chunk async for chunk in response.streaming_content])
-
-        return self._call(collect)
+    connection_created.connect(watch)
+    try:
+        yield executed
+    finally:
+        connection_created.disconnect(watch)

@@ -1,23 +1,29 @@
 """Metrics: counted per route on the event loop, served only on the metrics port."""
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
-from asgi_client import asgi_request, body, status
+from asgi_client import Client, asgi_request, body, status
 from django.test import override_settings
 
-from core.handlers import ASGIHandler
+from config.asgi import application
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 METRICS_SERVER = ("testserver", 9100)
 
 
+def served() -> Callable:
+    # The application config.asgi serves, built anew: it reads METRICS_PORT when it is built.
+    return type(application)()
+
+
 def on_metrics_port(path: str) -> list[dict]:
-    return asyncio.run(asgi_request(ASGIHandler(), path, server=METRICS_SERVER))
+    return asyncio.run(asgi_request(served(), path, server=METRICS_SERVER))
 
 
-def scrape(call_async) -> str:
+def scrape() -> str:
     messages = on_metrics_port("/metrics")
     assert status(messages) == 200
     assert dict(messages[0]["headers"])[b"Content-Type"].startswith(b"text/plain; version=")
@@ -33,16 +39,17 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 
 @override_settings(METRICS_PORT="9100")
-def test_requests_counted_by_route(aclient, call_async):
-    before = scrape(call_async)
+def test_requests_counted_by_route():
+    asgi = Client(served())
+    before = scrape()
     try:
         start = sample(before, "app_requests_total", method="GET", route="now/", status="200")
     except AssertionError:
         start = 0.0
     for _ in range(3):
-        assert aclient.get("/now/").status_code == 200
-    assert aclient.get("/books/nope/").status_code == 404
-    after = scrape(call_async)
+        assert asgi.get("/now/").status_code == 200
+    assert asgi.get("/books/nope/").status_code == 404
+    after = scrape()
     assert sample(after, "app_requests_total", method="GET", route="now/", status="200") == start + 3
     assert sample(after, "app_requests_total", method="GET", route="unmatched", status="404") >= 1
     assert sample(after, "app_request_duration_seconds_count", method="GET", route="now/") >= 3
@@ -50,8 +57,8 @@ def test_requests_counted_by_route(aclient, call_async):
 
 
 @override_settings(METRICS_PORT="9100")
-def test_metrics_are_not_on_the_public_port(aclient):
-    assert aclient.get("/metrics").status_code == 404
+def test_metrics_are_not_on_the_public_port():
+    assert Client(served()).get("/metrics").status_code == 404
 
 
 @override_settings(METRICS_PORT="9100")
