@@ -56,6 +56,9 @@ class RequestExecutor(ThreadPoolExecutor):
 
     submitted = 0  # calls given to the thread
     closed_at = 0  # which of them was response.close(), counted from 1 (0: none)
+    # A sync caller above (async_to_sync: tests, mostly): its thread takes
+    # thread-sensitive code instead. Looked up once: it is set, or not, above the request.
+    under_sync_caller = False
 
     def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
         self.submitted += 1
@@ -71,18 +74,14 @@ def request_has_thread() -> bool:
     True under a sync caller (async_to_sync: tests, mostly), whose thread takes
     that code, and outside ASGIHandler.__call__(), where nothing is known.
     """
-    if getattr(AsyncToSync.executors, "current", None) is not None:
-        return True
     executor = _request_executor.get(None)
-    return executor is None or executor.submitted > 0
+    return executor is None or executor.submitted > 0 or executor.under_sync_caller
 
 
 # Django's receivers of request_started and request_finished, and what each
-# comes to for a request without a thread (send_request_signal()).
-async def _no_connections(**kwargs: object) -> None:
-    """reset_queries, close_old_connections: the thread they would run in is new and holds no connection."""
-
-
+# comes to for a request without a thread (send_request_signal()): None for
+# reset_queries and close_old_connections, since the thread they would run in
+# is new and holds no connection and no query log.
 async def _close_connected_caches(**kwargs: object) -> None:
     # Only backends with connections (memcached, Redis) do anything on close.
     if any(type(cache).close is not BaseCache.close for cache in caches.all(initialized_only=True)):
@@ -94,17 +93,18 @@ async def _reset_urlconf(**kwargs: object) -> None:
 
 
 BOOKKEEPING_RECEIVERS = {
-    reset_queries: _no_connections,
-    close_old_connections: _no_connections,
+    reset_queries: None,
+    close_old_connections: None,
     close_caches: _close_connected_caches,
     reset_urlconf: _reset_urlconf,
 }
+BOOKKEEPING = frozenset(BOOKKEEPING_RECEIVERS)
 
 
 def other_receivers(signal: Signal, sender: object) -> tuple[list, list]:
     """The live (sync, async) receivers of `signal`, without Django's bookkeeping ones."""
     sync_receivers, async_receivers = signal._live_receivers(sender)
-    return [r for r in sync_receivers if r not in BOOKKEEPING_RECEIVERS], async_receivers
+    return [r for r in sync_receivers if r not in BOOKKEEPING], async_receivers
 
 
 async def send_request_signal(signal: Signal, sender: object, **named: object) -> None:
@@ -115,12 +115,15 @@ async def send_request_signal(signal: Signal, sender: object, **named: object) -
     thread, then the async ones.
     """
     sync_receivers, async_receivers = signal._live_receivers(sender)
-    if request_has_thread() or any(r not in BOOKKEEPING_RECEIVERS for r in sync_receivers):
+    if request_has_thread() or not BOOKKEEPING.issuperset(sync_receivers):
         await signal.asend(sender=sender, **named)
         return
     for receiver in sync_receivers:
-        await BOOKKEEPING_RECEIVERS[receiver](signal=signal, sender=sender, **named)
-    await _run_parallel(*(receiver(signal=signal, sender=sender, **named) for receiver in async_receivers))
+        bookkeeping = BOOKKEEPING_RECEIVERS[receiver]
+        if bookkeeping is not None:
+            await bookkeeping(signal=signal, sender=sender, **named)
+    if async_receivers:
+        await _run_parallel(*(receiver(signal=signal, sender=sender, **named) for receiver in async_receivers))
 
 
 def close_needs_thread(response: HttpResponseBase) -> bool:
@@ -161,6 +164,7 @@ class ASGIHandler(StockASGIHandler):
         # inherited), with an executor whose thread starts only if used.
         context = ThreadSensitiveContext()
         executor = RequestExecutor(max_workers=1, thread_name_prefix="request")
+        executor.under_sync_caller = getattr(AsyncToSync.executors, "current", None) is not None
         context_token = SyncToAsync.thread_sensitive_context.set(context)
         executor_token = _request_executor.set(executor)
         SyncToAsync.context_to_thread_executor[context] = executor

@@ -21,6 +21,7 @@ raises SynchronousOnlyOperation, as it should.
 https://docs.djangoproject.com/en/6.1/topics/http/middleware/#asynchronous-support
 """
 
+import functools
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,9 @@ from django.contrib.messages import middleware as message_middleware
 from django.contrib.messages.storage import default_storage
 from django.contrib.messages.storage.base import BaseStorage
 from django.contrib.sessions import middleware as session_middleware
+from django.core.signals import setting_changed
 from django.db import InterfaceError, OperationalError
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware import clickjacking, common, csrf, security
 from django.utils.functional import SimpleLazyObject, empty
@@ -202,6 +205,24 @@ class SessionMiddleware(NoHopMixin, session_middleware.SessionMiddleware):
         return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
 
 
+LAZY_MESSAGE_STORAGES = frozenset(
+    f"django.contrib.messages.storage.{name}"
+    for name in ("fallback.FallbackStorage", "cookie.CookieStorage", "session.SessionStorage")
+)
+
+
+@functools.cache
+def message_storage_is_lazy() -> bool:
+    """Whether MESSAGE_STORAGE is one of Django's storages, which do no I/O until used."""
+    return settings.MESSAGE_STORAGE in LAZY_MESSAGE_STORAGES
+
+
+@receiver(setting_changed)
+def _message_storage_changed(setting: str, **kwargs: object) -> None:
+    if setting == "MESSAGE_STORAGE":
+        message_storage_is_lazy.cache_clear()
+
+
 class MessageMiddleware(NoHopMixin, message_middleware.MessageMiddleware):
     """Messages: Django's storages are built when first used, and store only if read or added.
 
@@ -211,13 +232,8 @@ class MessageMiddleware(NoHopMixin, message_middleware.MessageMiddleware):
     (MESSAGE_STORAGE) runs as Django runs it, in a thread.
     """
 
-    LAZY_STORAGES = frozenset(
-        f"django.contrib.messages.storage.{name}"
-        for name in ("fallback.FallbackStorage", "cookie.CookieStorage", "session.SessionStorage")
-    )
-
     def process_request(self, request: HttpRequest) -> None:
-        if settings.MESSAGE_STORAGE in self.LAZY_STORAGES:
+        if message_storage_is_lazy():
             request._messages = SimpleLazyObject(partial(default_storage, request))
         else:
             super().process_request(request)
@@ -228,7 +244,7 @@ class MessageMiddleware(NoHopMixin, message_middleware.MessageMiddleware):
         return super().process_response(request, response)
 
     def request_needs_thread(self, request: HttpRequest) -> bool:
-        return settings.MESSAGE_STORAGE not in self.LAZY_STORAGES
+        return not message_storage_is_lazy()
 
     def response_needs_thread(self, request: HttpRequest, response: HttpResponse) -> bool:
         storage = self.built_storage(request)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.messages.storage.cookie import CookieStorage
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.contrib.staticfiles.storage import staticfiles_storage
 from django.db import OperationalError
@@ -17,6 +18,7 @@ from django.utils.decorators import decorator_from_middleware
 
 from core.handlers import ASGIHandler
 from core.middleware import CsrfViewMiddleware, DatabaseUnavailableMiddleware, MessageMiddleware
+from core.middleware import SessionMiddleware as NoHopSessionMiddleware
 
 ADAPTED = "adapted for middleware"
 
@@ -123,3 +125,39 @@ def test_the_csrf_drop_in_works_as_a_view_decorator():
 
     assert asyncio.run(view(RequestFactory().get("/"))).status_code == 200
     assert asyncio.run(view(RequestFactory().post("/"))).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("engine", "hops"),
+    [("django.contrib.sessions.backends.db", False), ("django.contrib.sessions.backends.file", True)],
+)
+def test_a_session_engine_not_known_to_be_lazy_runs_in_a_thread(engine, hops):
+    # Only Django's lazy stores stay on the event loop; any other may do I/O as it is built.
+    with override_settings(SESSION_ENGINE=engine):
+        middleware = NoHopSessionMiddleware(lambda request: HttpResponse())
+        request = RequestFactory().get("/")
+        assert middleware.request_needs_thread(request) is hops
+        middleware.process_request(request)
+        assert middleware.response_needs_thread(request, HttpResponse()) is hops
+
+
+@override_settings(MESSAGE_STORAGE="django.contrib.messages.storage.cookie.CookieStorage")
+def test_django_message_storage_is_lazy():
+    middleware = MessageMiddleware(lambda request: HttpResponse())
+    request = messages_request()
+    assert not middleware.request_needs_thread(request)
+    middleware.process_request(request)
+    assert middleware.built_storage(request) is None
+
+
+class CountingStorage(CookieStorage):
+    """A storage of the user's own: Django's cookie storage under another name."""
+
+
+@override_settings(MESSAGE_STORAGE=f"{__name__}.CountingStorage")
+def test_another_message_storage_is_built_as_django_builds_it():
+    middleware = MessageMiddleware(lambda request: HttpResponse())
+    request = messages_request()
+    assert middleware.request_needs_thread(request)
+    middleware.process_request(request)
+    assert isinstance(middleware.built_storage(request), CountingStorage)

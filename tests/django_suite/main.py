@@ -27,7 +27,7 @@ MODULES = [
     *["middleware", "middleware_exceptions", "csrf_tests", "sessions_tests", "messages_tests", "auth_tests"],
     *["test_client", "test_client_regress", "view_tests", "generic_views", "decorators", "shortcuts"],
     *["conditional_processing", "context_processors", "urlpatterns_reverse", "logging_tests"],
-    *["flatpages_tests", "redirects_tests"],
+    *["flatpages_tests", "redirects_tests", "staticfiles_tests"],
 ]
 MODES = ("stock", "blueprint")
 
