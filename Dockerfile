@@ -132,8 +132,12 @@ FROM ${NGINX_IMAGE} AS nginx
 RUN rm -f /etc/nginx/conf.d/default.conf
 COPY nginx/nginx.conf /etc/nginx/nginx.conf
 COPY nginx/templates/ /etc/nginx/templates/
-# Keeps nginx's list of app servers in step with DNS (nginx/upstream/app-upstream),
+# Keeps nginx's list of app servers in step with DNS and /healthz (nginx/upstream/app-upstream),
 # started by the image's entrypoint before nginx (nginx/entrypoint/40-app-upstream.sh).
+# nginx/entrypoint/19-strict-transport-security.sh, run by the entrypoint too, writes
+# the app's HSTS value into the config, for nginx's own answers.
 COPY --chmod=0755 nginx/upstream/app-upstream /usr/local/bin/app-upstream
 COPY --chmod=0755 nginx/entrypoint/ /docker-entrypoint.d/
+# The container's healthcheck (docker-compose.yml): nginx answers, and the watcher is alive.
+COPY --chmod=0755 nginx/healthcheck.sh /usr/local/bin/nginx-healthcheck
 COPY --from=build /srv/static /srv/static

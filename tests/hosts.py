@@ -94,7 +94,9 @@ def registry(path: Path = ROOT / ".env.example") -> dict[str, Variable]:
             close_block()
             section = match.group(1)
         elif match := ASSIGNMENT.match(line):
-            names.append(match.group(1))
+            name = match.group(1)
+            # Secrets are listed as the files compose takes them from (NAME_FILE): the variable is NAME.
+            names.append(name.removesuffix("_FILE") if section.startswith("Secrets") else name)
         elif line.startswith("#"):
             if names:  # a comment after assignments starts the next block
                 close_block()

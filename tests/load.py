@@ -106,6 +106,12 @@ class Load:
             worker.join(self.timeout + 5)
         return self.results
 
+    def finish(self) -> list[Result]:
+        """Wait until max_requests or max_seconds is reached; the results."""
+        for worker in self._workers:
+            worker.join(self.max_seconds + self.timeout + 5)
+        return self.results
+
     def _next(self) -> Request | None:
         with self._lock:
             if self._sent >= self.max_requests or time.monotonic() >= self._deadline:

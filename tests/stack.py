@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -78,9 +79,13 @@ class Stack:
     env_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        fd, path = tempfile.mkstemp(prefix="stack-", suffix=".env")
-        os.close(fd)
-        self.env_file = Path(path)
+        # A private directory (mode 700) for its settings and its API token,
+        # which is given as a file, as .env.example says.
+        self.directory = Path(tempfile.mkdtemp(prefix="stack-"))
+        self.env_file = self.directory / "stack.env"
+        token = self.directory / "api_token"
+        token.write_text(self.api_token + "\n")
+        token.chmod(0o644)  # the containers' user reads it; the directory keeps others out
         self.write_env({})
 
     def write_env(self, extra: dict[str, str]) -> None:
@@ -88,12 +93,11 @@ class Stack:
             "NGINX_PORT": str(self.port),
             # Its own range, so it can run beside a stack started from the README.
             "EDGE_SUBNET": self.edge_subnet,
-            "API_TOKEN": self.api_token,
+            "API_TOKEN_FILE": str(self.directory / "api_token"),
             # One worker: the concurrency test measures what one event loop holds.
             "GUNICORN_WORKERS": "1",
             # The app's access lines (off by default): tests read them.
             "GUNICORN_ACCESS_LOG": "-",
-            "ENV_FILE": str(self.env_file),
             **extra,
         }
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
@@ -140,7 +144,7 @@ class Stack:
 
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False, with_tests=True)
-        self.env_file.unlink(missing_ok=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def logs(self, service: str) -> str:
         out = self.compose("logs", "--no-color", "--no-log-prefix", service).stdout
@@ -148,6 +152,29 @@ class Stack:
 
     def exec(self, service: str, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.compose("exec", "-T", service, *command, check=check)
+
+    def gunicorn_workers(self) -> list[int]:
+        """The pids of gunicorn's workers: the children of the master, pid 1 in the container."""
+        code = (
+            "import pathlib\n"
+            "for p in pathlib.Path('/proc').glob('[0-9]*'):\n"
+            "    try:\n"
+            "        stat, cmd = (p / 'stat').read_text(), (p / 'cmdline').read_bytes()\n"
+            "    except OSError:\n"
+            "        continue\n"
+            "    if stat.rsplit(')', 1)[1].split()[1] == '1' and b'gunicorn' in cmd:\n"
+            "        print(p.name)\n"
+        )
+        return sorted(int(pid) for pid in self.exec("app", "python", "-c", code).stdout.split())
+
+    def psql(self, sql: str, check: bool = True) -> str:
+        """Run SQL in the db container as the app's role; return psql's unaligned output."""
+        # The password from the file Postgres was given, as deploy/db/backup.sh does.
+        script = (
+            'PGPASSWORD=$(cat "$POSTGRES_PASSWORD_FILE") '
+            'psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"'
+        )
+        return self.exec("db", "sh", "-c", script, sql, check=check).stdout.strip()
 
     def container_id(self, service: str) -> str:
         return self.compose("ps", "-a", "-q", service).stdout.strip()

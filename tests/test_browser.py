@@ -71,7 +71,8 @@ def browser() -> Iterator[webdriver.Chrome]:
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     # The network events, to read the HTTP status of a page (WebDriver has no API for it).
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    # And the console, where the browser reports what a page's security headers refused.
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     # With the driver's path given, Selenium Manager never runs (it would download a driver).
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(WAIT)
@@ -186,3 +187,35 @@ def test_browser_logs_in_adds_a_book_and_sees_it(stack: Stack, browser: webdrive
     listing = browser.find_element(By.TAG_NAME, "body").text.split(",")
     assert title in listing, listing
     assert rejected not in listing, listing
+
+
+def test_the_pages_own_script_runs_under_its_policy_and_framing_follows_each_view(
+    stack: Stack, browser: webdriver.Chrome
+):
+    """The index's inline script carries the nonce its Content-Security-Policy names, so it runs; the
+    embeddable page shows in a frame, an ordinary page does not."""
+    browser.get(stack.url("/"))
+    browser.get_log("browser")  # forget the console so far
+    browser.find_element(By.ID, "watch-events").click()
+    shown = WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.ID, "event-time").text)
+    assert shown.startswith("20"), shown  # an event's ISO time, put there by the script
+    refused = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert not refused, refused
+
+    # Two of the site's pages in frames: the embeddable one shows, an ordinary one (DENY) does not.
+    browser.execute_script(
+        "for (const [id, src] of [['embed', '/books/embed/'], ['page', '/now/']]) {"
+        "  const frame = document.createElement('iframe');"
+        "  frame.id = id; frame.src = src; frame.onload = () => { frame.dataset.loaded = 'yes'; };"
+        "  document.body.appendChild(frame);"
+        "}"
+    )
+    loaded = "return ['embed', 'page'].every(id => document.getElementById(id).dataset.loaded === 'yes');"
+    WebDriverWait(browser, WAIT).until(lambda d: d.execute_script(loaded))
+    shown = (
+        "const frame = document.getElementById(arguments[0]);"
+        "try { return frame.contentDocument ? frame.contentDocument.title : null; }"
+        "catch (error) { return null; }"  # the browser's own error page: another origin
+    )
+    assert browser.execute_script(shown, "embed") == "Books"  # app/books/templates/books/embed.html
+    assert not browser.execute_script(shown, "page")  # refused: nothing of /now/ shows

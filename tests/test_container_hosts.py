@@ -39,12 +39,6 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return result
 
 
-def psql(stack: Stack, sql: str, check: bool = True) -> None:
-    stack.exec(
-        "db", "sh", "-c", f'psql -v ON_ERROR_STOP=1 -q -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "{sql}"', check=check
-    )
-
-
 @dataclass
 class Running:
     """One target's web container, up and ready, and what happened before it started."""
@@ -151,8 +145,8 @@ def running(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Running]:
     database = f"hosts_{t.name.replace('-', '_')}"
     for leftover in docker("ps", "-aq", "--filter", f"label={label}").stdout.split():
         docker("rm", "-f", "-v", leftover, check=False)
-    psql(stack, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    psql(stack, f"CREATE DATABASE {database}")
+    stack.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    stack.psql(f"CREATE DATABASE {database}")
     runner = Runner(stack, database, label)
     try:
         gate = None
@@ -197,7 +191,7 @@ def running(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Running]:
     finally:
         for leftover in docker("ps", "-aq", "--filter", f"label={label}").stdout.split():
             docker("rm", "-f", "-v", leftover, check=False)
-        psql(stack, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", check=False)
+        stack.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", check=False)
 
 
 def test_migrations_are_a_command_of_their_own_and_safe_to_repeat(running: Running):
@@ -242,6 +236,44 @@ def test_serves_its_static_files(running: Running):
     response = running.request("GET", css)
     assert response.status == 200 and response.headers["content-type"].startswith("text/css")
     assert "immutable" in response.headers["cache-control"]
+
+
+def expected_hsts(env: dict[str, str]) -> str | None:
+    """What Django sends over https with these settings and app/config/settings.py's defaults (None: nothing)."""
+
+    def flag(name: str, default: bool) -> bool:
+        return env[name].strip().lower() in {"true", "on", "ok", "y", "yes", "1"} if name in env else default
+
+    https = flag("DJANGO_HTTPS", False)
+    seconds = int(env.get("DJANGO_HSTS_SECONDS", 31_536_000 if https else 0))
+    if not seconds:
+        return None
+    value = f"max-age={seconds}"
+    value += "; includeSubDomains" if flag("DJANGO_HSTS_INCLUDE_SUBDOMAINS", https) else ""
+    return value + ("; preload" if flag("DJANGO_HSTS_PRELOAD", False) else "")
+
+
+def test_pages_carry_the_security_headers(running: Running):
+    """With no nginx in front, the app's own headers, once each; a view still relaxes its own."""
+    hsts = expected_hsts({**running.target.web.env, **running.target.web.host_env}) if running.https else None
+    page = running.request("GET", "/")
+    login = running.request("GET", "/admin/login/").text()
+    static = running.request("GET", re.search(r'href="(/static/admin/css/base\.[0-9a-f]{12}\.css)"', login).group(1))
+    embed = running.request("GET", "/books/embed/")
+    for response in (page, static, embed):
+        assert response.status == 200
+        for name in ("x-content-type-options", "referrer-policy", "content-security-policy", "x-frame-options"):
+            assert "\n" not in response.headers.get(name, ""), f"{name} more than once"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "same-origin"
+        assert response.headers.get("strict-transport-security") == hsts
+    assert page.headers["x-frame-options"] == "DENY"
+    (nonce,) = re.findall(r'<script nonce="([^"]+)">', page.text())
+    policy = dict(d.strip().partition(" ")[::2] for d in page.headers["content-security-policy"].split(";"))
+    assert policy["script-src"] == f"'self' 'nonce-{nonce}'" and policy["frame-ancestors"] == "'none'"
+    assert policy["default-src"] == "'self'" and policy["object-src"] == "'none'"
+    assert "x-frame-options" not in embed.headers
+    assert "frame-ancestors *" in embed.headers["content-security-policy"]
 
 
 def test_reads_and_writes_its_database(running: Running):

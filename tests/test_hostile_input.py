@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests import load
 from tests.stack import Stack
 
 
@@ -268,3 +269,39 @@ def test_repeated_admin_login_attempts_are_rate_limited(stack: Stack):
     logs = stack.logs("nginx")
     assert "limiting requests" in logs and "203.0.113.7" in logs
     assert books(stack) == before
+
+
+def test_a_flood_of_readiness_probes_costs_the_database_a_query_a_second(stack: Stack):
+    """2,000 /readyz through nginx: at most one query per worker per second, and real requests do not notice."""
+    workers = len(stack.gunicorn_workers())
+
+    def transactions() -> int:
+        # Every transaction the database has counted so far (its own psql call included).
+        sql = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        return int(stack.psql(sql))
+
+    def flood(alongside: load.Load | None = None) -> tuple[list[load.Result], float]:
+        started = time.monotonic()
+        probes = load.Load(stack.port, [load.get("/readyz")], threads=40, pause=0, max_requests=2000)
+        if alongside is not None:
+            alongside.start()
+        with probes:
+            results = probes.finish()
+        if alongside is not None:
+            alongside.stop()
+        assert [r.status for r in results].count(200) == 2000, {r.describe() for r in results if r.status != 200}
+        return results, time.monotonic() - started
+
+    # Alone, so that every transaction counted is a probe's (or the counter's own).
+    before = transactions()
+    probes, seconds = flood()
+    time.sleep(2)  # Postgres publishes its counters about once a second
+    spent = transactions() - before
+    print(f"{len(probes)} probes in {seconds:.1f} s on {workers} worker(s): {spent} transactions")
+    # One query per worker per second of flood, plus the counter's own queries and room to spare.
+    assert spent <= workers * (seconds + 3) + 10
+    # Again, with real requests alongside: they all get through, and so does the next one.
+    real = load.Load(stack.port, [load.get("/books/")], threads=2, pause=0.05, max_seconds=120)
+    flood(real)
+    assert real.results and all(r.status == 200 for r in real.results), {r.describe() for r in real.results}
+    assert stack.get("/books/").status == 200

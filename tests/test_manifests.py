@@ -204,6 +204,9 @@ def test_app_probes_and_stopping(overlay: Path, rendered: list[dict[str, Any]]):
     # Liveness never depends on the database; readiness does.
     assert app["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert app["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # The kubelet asks the pod on its own port, never through the public route.
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert app[probe]["httpGet"]["port"] == "http" and "host" not in app[probe]["httpGet"], probe
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     topology_keys = {c["topologyKey"] for c in pod["topologySpreadConstraints"]}
     assert {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= topology_keys
@@ -280,6 +283,10 @@ def test_cloud_run_containers_match_the_kubernetes_container_schema():
     # Cloud Run sets PORT itself and refuses a service that sets it.
     assert all(var["name"] != "PORT" for c in containers for var in c.get("env", []))
     assert {c["image"] for c in containers} == {containers[0]["image"]}
+    # Its probes ask the instance on the container's own port, not the public URL.
+    web = service["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert web[probe]["httpGet"]["port"] == cloud_run.port, probe
 
 
 def test_a_typo_fails_the_container_schema():

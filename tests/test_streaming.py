@@ -92,5 +92,8 @@ def test_500_concurrent_one_second_requests_on_one_worker(stack: Stack):
     assert not failures, failures[:3]
     assert all("非同期ビューのレスポンス".encode() in r for r in results)
     print(f"500 concurrent /async/?seconds=1 on one worker: {elapsed:.2f} s")
-    # Run one after another, 500 one-second sleeps take 500 s; awaited together, about one.
-    assert elapsed < 3, f"500 concurrent one-second requests took {elapsed:.2f} s"
+    # One after another, 500 one-second sleeps take 500 s; awaited together, about
+    # one. A ratio, not a time: on average at least 50 at once (a server with a
+    # pool of 32 threads manages 32), whatever a loaded machine adds.
+    one_after_another = 500 * 1.0
+    assert elapsed < one_after_another / 50, f"500 concurrent one-second requests took {elapsed:.2f} s"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import time
 
@@ -26,10 +28,31 @@ def upstream_conf(stack: Stack) -> str:
     return stack.exec("nginx", "cat", "/etc/nginx/conf.d/01-app-upstream.conf").stdout
 
 
+def upstream_servers(stack: Stack) -> list[str]:
+    """The addresses nginx sends requests to now (01-app-upstream.conf; a `down` placeholder is none)."""
+    lines = [line.split() for line in upstream_conf(stack).splitlines() if line.strip().startswith("server ")]
+    return [fields[1].rsplit(":", 1)[0] for fields in lines if "down;" not in fields]
+
+
 def app_address(stack: Stack) -> str:
-    servers = [line.split()[1] for line in upstream_conf(stack).splitlines() if line.strip().startswith("server ")]
+    servers = upstream_servers(stack)
     assert len(servers) == 1, servers
-    return servers[0].rsplit(":", 1)[0]
+    return servers[0]
+
+
+def proxied(stack: Stack, since: int = 0) -> list[tuple[float, list[str]]]:
+    """Each request nginx passed to the app, from its access log (from character `since` on):
+    when it started (Unix time) and the app addresses it tried, in order."""
+    requests = []
+    for line in stack.logs("nginx")[since:].splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # nginx's and app-upstream's own lines
+        if isinstance(entry, dict) and entry.get("logger") == "nginx.access" and entry.get("upstream"):
+            tried = re.findall(r"([0-9.]+|\[[0-9a-fA-F:]+\]):\d+", entry["upstream"])
+            requests.append((entry["unix_time"] - entry["duration_s"], [a.strip("[]") for a in tried]))
+    return requests
 
 
 def test_nginx_reuses_connections_to_the_app(stack: Stack):

@@ -9,6 +9,7 @@ urlpatterns = [
     path("now/", views.current_datetime, name="now"),
     path("async/", views.AsyncView.as_view(), name="async"),
     path("books/", views.BookListView.as_view(), name="books"),
+    path("books/embed/", views.embed, name="books-embed"),
     path("sync-wrapped/", views.sync_wrapped, name="sync-wrapped"),
     path("events/", views.events, name="events"),
 ]

@@ -19,9 +19,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.template.context_processors import csp
 from django.template.loader import render_to_string
 from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.clickjacking import xframe_options_exempt
+from django.views.decorators.csp import csp_override, csp_report_only_override
 from django.views.decorators.csrf import csrf_exempt
 
 from books.models import TITLE_MAX_LENGTH, Book
@@ -40,8 +43,9 @@ def bad_request(message: str) -> JsonResponse:
 
 async def index(request: HttpRequest) -> HttpResponse:
     # render_to_string without the request: no context processor, so nothing
-    # here can reach the database from the event loop.
-    return HttpResponse(render_to_string("books/index.html"))
+    # here can reach the database from the event loop. The one the page needs,
+    # the CSP nonce for its inline script, is called by hand.
+    return HttpResponse(render_to_string("books/index.html", csp(request)))
 
 
 async def current_datetime(request: HttpRequest) -> HttpResponse:
@@ -63,6 +67,24 @@ class AsyncView(View):
         # The worker serves other requests while this one waits.
         await asyncio.sleep(seconds)
         return HttpResponse("非同期ビューのレスポンス", content_type="text/plain; charset=utf-8")
+
+
+def framable_by_any_site(policy: dict) -> dict:
+    """The site's Content-Security-Policy with frame-ancestors opened; no policy stays none."""
+    return {**policy, "frame-ancestors": ["*"]} if policy else {}
+
+
+# Django sends the security headers (config/settings.py), so a view can relax
+# them for itself: this one may be shown in a frame on any site. The rest of
+# the policy stays, in whichever mode DJANGO_CSP_REPORT_ONLY puts it.
+# https://docs.djangoproject.com/en/6.1/ref/csp/#decorators
+@xframe_options_exempt
+@csp_override(framable_by_any_site(settings.SECURE_CSP))
+@csp_report_only_override(framable_by_any_site(settings.SECURE_CSP_REPORT_ONLY))
+async def embed(request: HttpRequest) -> HttpResponse:
+    """The titles as a small read-only HTML page, for other sites to embed (<iframe src=".../books/embed/">)."""
+    titles = [title async for title in Book.objects.values_list("title", flat=True)]
+    return HttpResponse(render_to_string("books/embed.html", {"titles": titles}))
 
 
 @method_decorator(csrf_exempt, name="dispatch")  # token-authenticated, no cookies involved

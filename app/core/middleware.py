@@ -38,7 +38,7 @@ from django.core.signals import setting_changed
 from django.db import InterfaceError, OperationalError
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.middleware import clickjacking, common, csrf, security
+from django.middleware import clickjacking, common, csp, csrf, security
 from django.utils.functional import SimpleLazyObject, empty
 from whitenoise.middleware import WhiteNoiseMiddleware
 from whitenoise.responders import StaticFile
@@ -177,6 +177,10 @@ class XFrameOptionsMiddleware(NoHopMixin, clickjacking.XFrameOptionsMiddleware):
     """One header."""
 
 
+class ContentSecurityPolicyMiddleware(NoHopMixin, csp.ContentSecurityPolicyMiddleware):
+    """A lazy nonce on the request, then one or two headers built from settings: pure computation."""
+
+
 class AuthenticationMiddleware(NoHopMixin, auth_middleware.AuthenticationMiddleware):
     """Sets request.user and request.auser lazily; the lookup happens where they are used."""
 
@@ -302,6 +306,7 @@ NO_HOP_SUBSTITUTES = {
     "django.middleware.common.CommonMiddleware": CommonMiddleware,
     "django.middleware.csrf.CsrfViewMiddleware": CsrfViewMiddleware,
     "django.middleware.clickjacking.XFrameOptionsMiddleware": XFrameOptionsMiddleware,
+    "django.middleware.csp.ContentSecurityPolicyMiddleware": ContentSecurityPolicyMiddleware,
     "django.contrib.sessions.middleware.SessionMiddleware": SessionMiddleware,
     "django.contrib.auth.middleware.AuthenticationMiddleware": AuthenticationMiddleware,
     "django.contrib.messages.middleware.MessageMiddleware": MessageMiddleware,

@@ -1,11 +1,12 @@
 """Give this installation its own secrets, once: the `secrets` step of docker-compose.yml.
 
-For each secret, the file in SECRETS_DIR is written from the variable of the
-same name when one is given (.env), or else filled with a random value the
-first time and kept from then on, in a named volume that survives restarts
-and `docker compose down`. The app, the migrate step and Postgres then read
-the files through DJANGO_SECRET_KEY_FILE, POSTGRES_PASSWORD_FILE and
-API_TOKEN_FILE. Values are never printed.
+For each secret, the file in SECRETS_DIR (the `secrets` volume) is written
+from the file given for it (DJANGO_SECRET_KEY_FILE ... in .env, which compose
+mounts at GIVEN_DIR/<name>), or else filled with a random value the first
+time and kept from then on, across restarts and `docker compose down`. The
+app, the migrate step and Postgres then read the files through
+DJANGO_SECRET_KEY_FILE, POSTGRES_PASSWORD_FILE and API_TOKEN_FILE. Values are
+never printed, and never pass through an environment variable.
 
 API_TOKEN is not generated: without one, POST /books/ stays disabled (403).
 """
@@ -28,17 +29,41 @@ def write(path: Path, value: str) -> None:
     tmp.replace(path)
 
 
+def given(directory: Path, name: str) -> str:
+    """The value given for `name` as a file, or "" (none given: compose mounts /dev/null)."""
+    path = directory / name.lower()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+    except PermissionError:
+        raise SystemExit(
+            f"init_secrets: cannot read the file given as {name}_FILE: the containers' user (uid {os.getuid()}) "
+            "must be able to read it: chmod 644 the file, and keep its directory private (chmod 700)"
+        ) from None
+
+
 def main() -> int:
+    as_values = os.environ.get("SECRETS_GIVEN_AS_VALUES", "").split()
+    if as_values:
+        for name in as_values:
+            print(
+                f"init_secrets: {name} is set as a value (in .env or the shell), where `docker inspect` would "
+                f"show it; write it to a file and set {name}_FILE to that file's path instead (.env.example)",
+                file=sys.stderr,
+            )
+        return 1
     directory = Path(os.environ.get("SECRETS_DIR", "/srv/secrets"))
+    given_dir = Path(os.environ.get("GIVEN_DIR", "/run/secrets"))
     if not directory.is_dir():
         print(f"init_secrets: {directory} is not a directory (is the volume mounted?)", file=sys.stderr)
         return 1
     for name in GENERATED + OPTIONAL:
         path = directory / name.lower()
-        given = os.environ.get(name, "")
-        if given:
-            write(path, given)
-            print(f"init_secrets: {name} taken from the environment")
+        value = given(given_dir, name)
+        if value:
+            write(path, value)
+            print(f"init_secrets: {name} taken from the file given as {name}_FILE")
         elif name in OPTIONAL:
             write(path, "")
             print(f"init_secrets: {name} not set")

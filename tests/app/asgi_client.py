@@ -10,6 +10,7 @@ need `django_db(transaction=True)`.
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
 from http.cookies import SimpleCookie
@@ -165,3 +166,37 @@ class Client:
             data = json.dumps(data).encode()
         headers = {"Content-Type": content_type, **kwargs.pop("headers", {})}
         return self.request("POST", path, body=data, headers=headers, **kwargs)
+
+
+async def peak_threads_during(requests: list) -> tuple[int, list]:
+    """Run `requests` concurrently, sampling the process's thread count meanwhile."""
+    peak = threading.active_count()
+    done = False
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done:
+            peak = max(peak, threading.active_count())
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    results = await asyncio.gather(*requests)
+    done = True
+    await sampler
+    return peak, results
+
+
+def thread_growth(app, path: str, query: bytes, concurrency: int) -> tuple[int, list]:
+    """How many threads the process grew by while `concurrency` requests for `path` ran at once, and their answers."""
+    from django.core.cache import caches
+
+    # As in a worker, where the startup checks have touched the cache: a cache
+    # without connections to close must not cost a thread either.
+    caches["default"].get("warm")
+
+    async def run() -> tuple[int, list]:
+        before = threading.active_count()
+        peak, results = await peak_threads_during([asgi_request(app, path, query) for _ in range(concurrency)])
+        return peak - before, results
+
+    return asyncio.run(run())

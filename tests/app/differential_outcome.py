@@ -7,12 +7,16 @@ Normalised, and why:
 - the messages cookie is signed with a timestamp, so it is compared decoded;
 - a cookie's expires= date is now + max-age (max-age itself is compared);
 - database ids and session keys are random or sequence-dependent; rows are
-  compared by content, a session by its data, a user id by its username.
+  compared by content, a session by its data, a user id by its username;
+- a Content-Security-Policy nonce is new on every response: each one the
+  policy names becomes the label of its request, in the header and the body
+  alike, so a page whose nonce is not its policy's still differs.
 Nothing else is: X-Request-ID is given by the client (as nginx gives it),
 and no view puts a token or key in a body.
 """
 
 import logging
+import re
 import time
 from http.cookies import SimpleCookie
 
@@ -27,6 +31,8 @@ from django.db import connections
 from django.http import HttpRequest
 
 from books.models import Book
+
+NONCE = re.compile(r"'nonce-([^']+)'")
 
 
 class Normaliser:
@@ -54,16 +60,29 @@ class Normaliser:
         return normalised
 
     def response(self, label: str, exchange: Exchange) -> dict:
+        nonces = {
+            nonce
+            for name, value in response_headers(exchange.messages)
+            if name.lower().startswith(b"content-security-policy")
+            for nonce in NONCE.findall(value.decode("latin1"))
+        }
+
+        def denonced(text: str) -> str:
+            for nonce in nonces:
+                text = text.replace(nonce, f"<nonce of {label}>")
+            return text
+
         headers = []
         for name, value in response_headers(exchange.messages):
             cookie = name.lower() == b"set-cookie"
-            headers.append((name.decode(), self.cookie(value, label) if cookie else value.decode()))
+            headers.append((name.decode(), self.cookie(value, label) if cookie else denonced(value.decode())))
         start = [m for m in exchange.messages if m["type"] == "http.response.start"]
         bodies = [m for m in exchange.messages if m["type"] == "http.response.body"]
+        body = b"".join(m.get("body", b"") for m in bodies)
         return {
             "status": start[0]["status"] if start else None,
             "headers": headers,
-            "body": b"".join(m.get("body", b"") for m in bodies),
+            "body": denonced(body.decode("latin1")).encode("latin1") if nonces else body,
             "messages": [(len(m.get("body", b"")), m.get("more_body", False)) for m in bodies],
             "application_raised": exchange.error,
             "sent_after_client_left": exchange.dropped,

@@ -18,34 +18,73 @@ def load(path: Path) -> ModuleType:
 
 
 @pytest.fixture
-def init_secrets(monkeypatch, tmp_path):
-    monkeypatch.setenv("SECRETS_DIR", str(tmp_path))
-    for name in ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "API_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+def given(tmp_path) -> Path:
+    """Where compose mounts the files given as NAME_FILE (GIVEN_DIR)."""
+    directory = tmp_path / "given"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def volume(tmp_path) -> Path:
+    directory = tmp_path / "volume"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def init_secrets(monkeypatch, given, volume):
+    monkeypatch.setenv("SECRETS_DIR", str(volume))
+    monkeypatch.setenv("GIVEN_DIR", str(given))
+    monkeypatch.delenv("SECRETS_GIVEN_AS_VALUES", raising=False)
     return load(DEPLOY / "app" / "init_secrets.py")
 
 
-def test_secrets_generated_once_and_kept(init_secrets, tmp_path, capsys):
+def test_secrets_generated_once_and_kept(init_secrets, volume, capsys):
     assert init_secrets.main() == 0
-    key = (tmp_path / "django_secret_key").read_text()
-    password = (tmp_path / "postgres_password").read_text()
+    key = (volume / "django_secret_key").read_text()
+    password = (volume / "postgres_password").read_text()
     assert len(key.strip()) >= 50 and len(password.strip()) >= 50 and key != password
-    assert (tmp_path / "api_token").read_text() == "\n"
+    assert (volume / "api_token").read_text() == "\n"
     assert init_secrets.main() == 0
-    assert (tmp_path / "django_secret_key").read_text() == key
-    assert (tmp_path / "postgres_password").read_text() == password
+    assert (volume / "django_secret_key").read_text() == key
+    assert (volume / "postgres_password").read_text() == password
     out = capsys.readouterr().out
     assert key.strip() not in out and password.strip() not in out
 
 
-def test_secrets_given_in_the_environment_win(init_secrets, tmp_path, monkeypatch, capsys):
+def test_secrets_given_as_files_win(init_secrets, given, volume, capsys):
     assert init_secrets.main() == 0
-    monkeypatch.setenv("DJANGO_SECRET_KEY", "from-env-key")
-    monkeypatch.setenv("API_TOKEN", "from-env-token")
+    (given / "django_secret_key").write_text("from-file-key\n")
+    (given / "api_token").write_text("from-file-token")
+    # What compose mounts for a secret nobody named: /dev/null, empty.
+    os.symlink("/dev/null", given / "postgres_password")
+    password = (volume / "postgres_password").read_text()
     assert init_secrets.main() == 0
-    assert (tmp_path / "django_secret_key").read_text() == "from-env-key\n"
-    assert (tmp_path / "api_token").read_text() == "from-env-token\n"
-    assert "from-env" not in capsys.readouterr().out
+    assert (volume / "django_secret_key").read_text() == "from-file-key\n"
+    assert (volume / "api_token").read_text() == "from-file-token\n"
+    assert (volume / "postgres_password").read_text() == password  # kept
+    assert "from-file" not in capsys.readouterr().out
+
+
+def test_secrets_given_as_values_are_refused_and_nothing_changes(init_secrets, volume, monkeypatch, capsys):
+    assert init_secrets.main() == 0
+    before = {f.name: f.read_text() for f in volume.iterdir()}
+    monkeypatch.setenv("SECRETS_GIVEN_AS_VALUES", "DJANGO_SECRET_KEY API_TOKEN ")
+    assert init_secrets.main() == 1
+    err = capsys.readouterr().err
+    assert "DJANGO_SECRET_KEY is set as a value" in err and "API_TOKEN_FILE" in err
+    assert {f.name: f.read_text() for f in volume.iterdir()} == before
+
+
+def test_an_unreadable_given_file_is_a_clear_error(init_secrets, given, volume):
+    secret = given / "api_token"
+    secret.write_text("token")
+    secret.chmod(0o000)
+    if os.access(secret, os.R_OK):
+        pytest.skip("running as root: every file is readable")
+    with pytest.raises(SystemExit, match="chmod 644"):
+        init_secrets.main()
 
 
 def test_secrets_without_a_volume(init_secrets, monkeypatch, tmp_path):

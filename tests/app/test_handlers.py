@@ -5,9 +5,8 @@ import threading
 import time
 
 import pytest
-from asgi_client import asgi_request, body, status
+from asgi_client import asgi_request, body, peak_threads_during, status, thread_growth
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext
-from django.core.cache import caches
 from django.core.handlers import asgi as django_asgi
 from django.db import connections
 from django.db.backends.signals import connection_created
@@ -16,37 +15,6 @@ from django.test import override_settings
 from books.models import Book
 from core import checks
 from core.handlers import ASGIHandler
-
-
-async def peak_threads_during(requests: list) -> tuple[int, list]:
-    """Run `requests` concurrently, sampling the process's thread count meanwhile."""
-    peak = threading.active_count()
-    done = False
-
-    async def sample() -> None:
-        nonlocal peak
-        while not done:
-            peak = max(peak, threading.active_count())
-            await asyncio.sleep(0.01)
-
-    sampler = asyncio.create_task(sample())
-    results = await asyncio.gather(*requests)
-    done = True
-    await sampler
-    return peak, results
-
-
-def thread_growth(app, path: str, query: bytes, concurrency: int) -> tuple[int, list]:
-    # As in a worker, where the startup checks have touched the cache: a cache
-    # without connections to close must not cost a thread either.
-    caches["default"].get("warm")
-
-    async def run() -> tuple[int, list]:
-        before = threading.active_count()
-        peak, results = await peak_threads_during([asgi_request(app, path, query) for _ in range(concurrency)])
-        return peak - before, results
-
-    return asyncio.run(run())
 
 
 @pytest.mark.parametrize(("path", "query"), [("/async/", b"seconds=0.3"), ("/now/", b"")])

@@ -1,12 +1,21 @@
-"""The probes: /healthz never needs the database, /readyz answers within its bound."""
+"""The probes: /healthz never needs the database, /readyz answers within its bound, at most a query a second."""
 
+import asyncio
+import logging
 import time
 
 import pytest
+from asgi_client import asgi_request, status
 
 from core import health
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_readiness(monkeypatch):
+    """Each test starts with nothing cached."""
+    monkeypatch.setattr(health, "readiness", health.Readiness())
 
 
 def test_healthz(asgi):
@@ -26,14 +35,17 @@ def test_readyz_with_a_database(asgi):
     assert response.status_code == 200 and response.content == b"ready\n"
 
 
-def test_readyz_reports_a_failing_database(asgi, monkeypatch):
+def test_readyz_reports_a_failing_database_without_saying_how(asgi, monkeypatch, caplog):
     def broken() -> None:
-        raise ConnectionError("refused")
+        raise ConnectionError("refused by db.internal:5432")
 
     monkeypatch.setattr(health, "_ping_database", broken)
-    response = asgi.get("/readyz")
+    with caplog.at_level(logging.WARNING, logger="core.health"):
+        response = asgi.get("/readyz")
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable", "reason": "database unavailable: ConnectionError"}
+    # Whoever asks learns that it is not ready; the log says why.
+    assert response.json() == {"status": "unavailable", "reason": "database unavailable"}
+    assert "ConnectionError: refused by db.internal:5432" in caplog.text
 
 
 def test_readyz_never_hangs(asgi, monkeypatch):
@@ -41,8 +53,8 @@ def test_readyz_never_hangs(asgi, monkeypatch):
     # Timed until the app answers, not until the stuck thread it left behind finishes.
     response = asgi.get("/readyz")
     assert response.status_code == 503
-    assert f"within {health.READINESS_TIMEOUT:g} s" in response.json()["reason"]
-    assert response.elapsed < health.READINESS_TIMEOUT + 1.5
+    # Generous: the bound plus whatever a loaded machine adds, well short of the stuck call.
+    assert response.elapsed < health.READINESS_TIMEOUT + 2
 
 
 def test_healthz_does_not_touch_the_database(asgi, queries_anywhere):
@@ -50,3 +62,49 @@ def test_healthz_does_not_touch_the_database(asgi, queries_anywhere):
     assert queries_anywhere == []
     assert asgi.get("/readyz").status_code == 200
     assert queries_anywhere == ["SELECT 1"]  # the control: a query in the app's threads is seen
+
+
+def test_readyz_queries_at_most_once_per_cache_period_however_often_asked(asgi, queries_anywhere):
+    # 200 probes at once in one worker: they share the one check in flight.
+    async def flood() -> list[int]:
+        answers = await asyncio.gather(*(asgi_request(asgi.app, "/readyz") for _ in range(200)))
+        return [status(messages) for messages in answers]
+
+    assert asyncio.run(flood()) == [200] * 200
+    assert queries_anywhere == ["SELECT 1"]
+    # Asked again within the cache period: the same answer, no query.
+    for _ in range(20):
+        assert asgi.get("/readyz").status_code == 200
+    assert len(queries_anywhere) <= 2  # a second one only if the machine took longer than the period
+    time.sleep(health.READINESS_CACHE + 0.1)
+    before = len(queries_anywhere)
+    assert asgi.get("/readyz").status_code == 200
+    assert len(queries_anywhere) == before + 1
+
+
+def test_a_failure_is_cached_too_then_checked_again(asgi, monkeypatch):
+    calls: list[float] = []
+
+    def broken() -> None:
+        calls.append(time.monotonic())
+        raise ConnectionError("refused")
+
+    monkeypatch.setattr(health, "_ping_database", broken)
+    assert [asgi.get("/readyz").status_code for _ in range(10)] == [503] * 10
+    assert len(calls) in (1, 2)
+    monkeypatch.setattr(health, "_ping_database", lambda: None)
+    time.sleep(health.READINESS_CACHE + 0.1)
+    assert asgi.get("/readyz").status_code == 200
+
+
+def test_a_probe_that_leaves_does_not_cancel_the_check_others_wait_for(asgi, monkeypatch):
+    monkeypatch.setattr(health, "_ping_database", lambda: time.sleep(0.3))
+
+    async def one_leaves() -> int:
+        leaving = asyncio.ensure_future(asgi_request(asgi.app, "/readyz"))
+        staying = asyncio.ensure_future(asgi_request(asgi.app, "/readyz"))
+        await asyncio.sleep(0.1)
+        leaving.cancel()
+        return status(await staying)
+
+    assert asyncio.run(one_leaves()) == 200

@@ -1,0 +1,113 @@
+"""Settings files: whatever file compose is given (.env, or --env-file prod.env) reaches every service, whole.
+
+docker compose reads one settings file for ${...} in docker-compose.yml; the
+app and migrate containers get the variables that file names through
+x-app-environment, and secrets come as files. Checked with compose's own
+rendering (`docker compose config`), and on the running stack, which the
+tests start with --env-file and a file not called .env.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.hosts import read_by_the_image, registry
+from tests.stack import ROOT, Stack
+
+# Set by docker-compose.yml itself, never taken from the settings file.
+WIRED = {"PORT", "FORWARDED_ALLOW_IPS"}
+
+
+def rendered(env_file: Path, project_dir: Path = ROOT) -> dict:
+    result = subprocess.run(
+        ["docker", "compose", "--project-directory", str(project_dir), "-f", str(ROOT / "docker-compose.yml"),
+         "--env-file", str(env_file), "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def prod_env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A prod.env that sets every documented variable to a value of its own, and gives each secret as a file."""
+    documented = registry()
+    secret = {name for name, var in documented.items() if var.secret}
+    # The example's own values for what compose itself uses (ports, limits: typed), a
+    # value of its own for each variable the app reads.
+    example = (ROOT / ".env.example").read_text().splitlines()
+    values = dict(line.split("=", 1) for line in example if line and not line.startswith("#"))
+    values |= {name: f"from-prod-env-{name.lower()}" for name in read_by_the_image() if name not in secret}
+    values |= {"EDGE_SUBNET": "172.30.99.0/24"}
+    secret_dir = tmp_path / "secrets"
+    secret_dir.mkdir(mode=0o700)
+    for name in secret:
+        (secret_dir / name.lower()).write_text(f"value-of-{name.lower()}\n")
+        values[f"{name}_FILE"] = str(secret_dir / name.lower())
+    path = tmp_path / "prod.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return path, values
+
+
+def test_every_variable_of_the_named_file_reaches_the_app_and_migrate(prod_env, tmp_path):
+    path, values = prod_env
+    # A .env beside the compose file, with other values, must not be read instead.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".env").write_text("".join(f"{k}=from-dotenv\n" for k in values))
+    config = rendered(path, project)
+    expected = {name for name in read_by_the_image() if name in values} - WIRED
+    assert {"POSTGRES_HOST", "DJANGO_ALLOWED_HOSTS", "DB_POOL_MAX_SIZE"} <= expected
+    for service in ("app", "migrate"):
+        env = config["services"][service]["environment"]
+        wrong = {name: env.get(name) for name in expected if env.get(name) != values[name]}
+        assert not wrong, f"{service}: not as prod.env says: {wrong}"
+        assert env["FORWARDED_ALLOW_IPS"] == values["EDGE_SUBNET"]
+    nginx = config["services"]["nginx"]["environment"]
+    assert nginx["NGINX_TRUSTED_PROXY"] == values["NGINX_TRUSTED_PROXY"]
+    # Secrets: as files, mounted into the secrets step, never a value in the configuration.
+    assert {name: s["file"] for name, s in config["secrets"].items()} == {
+        name.lower(): values[f"{name}_FILE"] for name in ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "API_TOKEN")
+    }
+    assert "value-of-" not in json.dumps(config)
+    assert config["services"]["secrets"]["environment"]["SECRETS_GIVEN_AS_VALUES"] == ""
+
+
+def test_a_secret_given_as_a_value_is_named_to_the_secrets_step(tmp_path):
+    path = tmp_path / "prod.env"
+    path.write_text("API_TOKEN=oops-a-plain-value\nDJANGO_DEBUG=false\n")
+    config = rendered(path)
+    # Its name only; the step refuses to start the stack (deploy/app/init_secrets.py).
+    assert config["services"]["secrets"]["environment"]["SECRETS_GIVEN_AS_VALUES"].split() == ["API_TOKEN"]
+    assert "oops-a-plain-value" not in json.dumps(config)
+
+
+def test_without_a_settings_file_nothing_is_set_but_the_wiring(tmp_path):
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    env = rendered(empty)["services"]["app"]["environment"]
+    assert {k: v for k, v in env.items() if v is not None} == {
+        "POSTGRES_HOST": "db",
+        "POSTGRES_DB": "app",
+        "POSTGRES_USER": "app",
+        "DJANGO_SECRET_KEY_FILE": "/srv/secrets/django_secret_key",
+        "POSTGRES_PASSWORD_FILE": "/srv/secrets/postgres_password",
+        "API_TOKEN_FILE": "/srv/secrets/api_token",
+        "FORWARDED_ALLOW_IPS": "172.30.80.0/24",
+    }
+
+
+def test_the_running_stack_got_its_settings_file(stack: Stack):
+    """The test stack starts with --env-file and a file called stack.env: its settings are in force."""
+    assert stack.env_file.name != ".env"
+    env = dict(line.split("=", 1) for line in stack.exec("app", "env").stdout.splitlines() if "=" in line)
+    assert env["GUNICORN_WORKERS"] == "1" and env["GUNICORN_ACCESS_LOG"] == "-"
+    assert len(stack.gunicorn_workers()) == 1
+    # The API token, given as a file: writes work.
+    created = stack.post_json("/books/", {"title": "from the env file's token"}, token=stack.api_token)
+    assert created.status == 201, created.body
+    assert "API_TOKEN" not in env
