@@ -1,6 +1,7 @@
 """Faults, each while a bounded load runs through nginx on 127.0.0.1.
 
-On the session's stack: the database stopped for 30 s, a worker killed with
+On the session's stack: the database stopped for 30 s, the database cut off
+from its network for 30 s (silent: it refuses nothing), a worker killed with
 SIGKILL, `docker compose stop app` with requests and streams in flight, and
 the app's memory limit. Each case leaves that stack serving again. On a stack
 of its own with two app replicas: a redeploy with no failed request, the data
@@ -70,6 +71,30 @@ def static_asset() -> str:
     return "/static/admin/css/base.css"
 
 
+def serving(stack: Stack) -> bool:
+    """Whether readiness and every database-backed route answer 200 now."""
+    checks = [load.send(stack.port, load.Request("GET", path)) for path in ("/readyz", *DB_BACKED)]
+    return all(r.status == 200 for r in checks)
+
+
+def assert_answered_through(results: list[load.Result], start: float, end: float, always_up: tuple[str, ...]) -> None:
+    """Through a database outage from start to end: database routes 503, the rest 200; over the whole
+    run fast answers, no trace, and nothing but 503 for a failure."""
+    during = [r for r in results if start <= r.started and r.ended < end and r.request.path != "/readyz"]
+    assert len(during) > 50, "the load ran through the outage"
+    for result in during:
+        if result.request.path in DB_BACKED:
+            assert result.status == 503, result.describe()
+            assert "error" in json.loads(result.body)
+        else:  # liveness, static files and views without the database keep working
+            assert result.status == 200, result.describe()
+    slow = [r.describe() for r in results if r.elapsed > NO_REQUEST_LONGER_THAN]
+    assert not slow, slow
+    assert all(no_stack_trace(r) for r in results)
+    assert {r.status for r in results} <= {200, 201, 503}, {r.describe() for r in results if r.status not in (200, 201)}
+    assert all(r.status == 200 for r in results if r.request.path in always_up)
+
+
 # --- The database stopped for 30 s -------------------------------------------------------------
 def test_database_outage(stack: Stack):
     """Readiness turns, database requests fail fast with 503, liveness holds, and it all comes back."""
@@ -99,11 +124,7 @@ def test_database_outage(stack: Stack):
             timeout=60,
         )
 
-        def serving() -> bool:
-            checks = [load.send(stack.port, load.Request("GET", path)) for path in ("/readyz", *DB_BACKED)]
-            return all(r.status == 200 for r in checks)
-
-        recovered = wait_for("the app serves from the database again", serving, timeout=30)
+        recovered = wait_for("the app serves from the database again", lambda: serving(stack), timeout=30)
         time.sleep(3)
     results = traffic.results
 
@@ -113,20 +134,7 @@ def test_database_outage(stack: Stack):
     assert first_503.ended - down <= READYZ_TURNS_WITHIN
     assert all(r.status == 503 and json.loads(r.body)["status"] == "unavailable" for r in readyz)
 
-    during = [r for r in results if down <= r.started and r.ended < restarting]
-    assert len(during) > 50, "the load ran through the outage"
-    for result in during:
-        if result.request.path in DB_BACKED:
-            assert result.status == 503, result.describe()
-            assert "error" in json.loads(result.body)
-        else:  # liveness, static files and views without the database keep working
-            assert result.status == 200, result.describe()
-    # Over the whole run: fast answers, no trace, and nothing but 503 for a failure.
-    slow = [r.describe() for r in results + readyz if r.elapsed > NO_REQUEST_LONGER_THAN]
-    assert not slow, slow
-    assert all(no_stack_trace(r) for r in results)
-    assert {r.status for r in results} <= {200, 201, 503}, {r.describe() for r in results if r.status not in (200, 201)}
-    assert all(r.status == 200 for r in results if r.request.path in ("/healthz", "/now/", static_asset()))
+    assert_answered_through(results + readyz, down, restarting, ("/healthz", "/now/", static_asset()))
 
     assert recovered - db_ready <= RECOVERS_WITHIN
     assert all(r.status in (200, 201) for r in traffic.between(recovered, float("inf")))
@@ -150,6 +158,52 @@ def assert_pool_not_leaked(stack: Stack) -> None:
     print(f"app connections after the outage and a burst: {len(states)} ({workers} worker(s))")
     assert 0 < len(states) <= workers * 10  # DB_POOL_MAX_SIZE
     assert all(state == "idle" for state in states), states
+
+
+# --- The database silent for 30 s: its network cut, so nothing refuses ----------------------------
+def test_silent_database(stack: Stack):
+    """Requests on sockets to a database that stopped answering end within seconds, and it all comes back."""
+    restarts_before = started_at(stack, "app")
+    network, db = f"{stack.project}_data", stack.container_id("db")
+    mix = [
+        load.get("/books/"),
+        load.post_book(stack.api_token, "silent"),
+        load.get("/sync-wrapped/"),
+        load.get("/healthz"),
+        load.get("/now/"),
+    ]
+    readyz: list[load.Result] = []
+    with load.Load(stack.port, mix, threads=6, pause=0.05, max_seconds=OUTAGE_SECONDS + 60) as traffic:
+        time.sleep(2)
+        docker("network", "disconnect", network, db)
+        silent = time.monotonic()
+        try:
+            while time.monotonic() < silent + OUTAGE_SECONDS:
+                readyz.append(load.send(stack.port, load.Request("GET", "/readyz")))
+                time.sleep(0.2)
+        finally:
+            # Back under its service name, as compose attached it.
+            docker("network", "connect", "--alias", "db", network, db)
+        back = time.monotonic()
+
+        recovered = wait_for("the app serves from the database again", lambda: serving(stack), timeout=30)
+        time.sleep(3)
+    results = traffic.results
+
+    first_503 = next(r for r in readyz if r.status == 503)
+    print(f"/readyz: first 503 {first_503.ended - silent:.2f} s after the database went silent")
+    print(f"recovered {recovered - back:.2f} s after its network was back")
+    print(f"slowest request: {max(r.elapsed for r in results + readyz):.2f} s")
+    assert first_503.ended - silent <= READYZ_TURNS_WITHIN
+    assert all(r.status == 503 for r in readyz if r.started >= first_503.ended), [r.describe() for r in readyz]
+
+    # The point: nothing waits on the dead sockets (without the timeouts, until nginx gives up after 30 s).
+    assert_answered_through(results + readyz, silent, back, ("/healthz", "/now/"))
+
+    assert recovered - back <= RECOVERS_WITHIN
+    assert all(r.status in (200, 201) for r in traffic.between(recovered, float("inf")))
+    assert started_at(stack, "app") == restarts_before, "the app was not restarted"
+    assert_pool_not_leaked(stack)
 
 
 # --- A worker killed with SIGKILL ---------------------------------------------------------------

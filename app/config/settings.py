@@ -52,6 +52,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "core.middleware.StaticFilesMiddleware",
+    "core.middleware.RequestLimitMiddleware",
     "core.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -85,6 +86,16 @@ TEMPLATES = [
 ]
 
 # --- Database: Postgres through psycopg's pool ---------------------------------
+# TCP keepalive probes find a connection whose peer is gone while it is idle
+# (in the pool): after idle + interval x count seconds of silence.
+DB_KEEPALIVES = {
+    "keepalives_idle": env.int("DB_KEEPALIVES_IDLE", default=5),
+    "keepalives_interval": env.int("DB_KEEPALIVES_INTERVAL", default=1),
+    "keepalives_count": env.int("DB_KEEPALIVES_COUNT", default=3),
+}
+# Data sent and not acknowledged within this time (a query, the pool's check
+# of a connection) ends the connection with an error instead of waiting.
+DB_TCP_USER_TIMEOUT_MS = int(env.float("DB_TCP_USER_TIMEOUT", default=1.0) * 1000)
 # Under ASGI, Django's docs ask for CONN_MAX_AGE = 0 with a pool: each request
 # borrows a connection and gives it back when the request ends.
 # https://docs.djangoproject.com/en/6.1/ref/databases/#connection-pool
@@ -104,6 +115,28 @@ DATABASES = {
         "OPTIONS": {
             "sslmode": env("POSTGRES_SSLMODE", default="prefer"),
             "connect_timeout": env.int("DB_CONNECT_TIMEOUT", default=2),
+            # A database that goes silent (a network partition, a frozen host)
+            # refuses nothing: without these, a query on its dead socket waits
+            # for the kernel's TCP retransmissions, some 15 minutes. libpq
+            # parameters, which psycopg takes from OPTIONS as they are:
+            # https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-KEEPALIVES
+            "keepalives": 1,
+            **DB_KEEPALIVES,
+            "tcp_user_timeout": DB_TCP_USER_TIMEOUT_MS,
+            # The same bounds on Postgres' side, so a backend whose client
+            # vanished ends too instead of holding a connection slot, and a
+            # statement timeout: a query that runs longer is cancelled (an
+            # error, so a 503); no request holds a connection for long.
+            # https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-STATEMENT-TIMEOUT
+            # https://www.postgresql.org/docs/current/runtime-config-connection.html#GUC-TCP-KEEPALIVES-IDLE
+            "options": " ".join(
+                f"-c {name}={value}"
+                for name, value in {
+                    "statement_timeout": env.int("DB_STATEMENT_TIMEOUT", default=5) * 1000,
+                    "tcp_user_timeout": DB_TCP_USER_TIMEOUT_MS,
+                    **{f"tcp_{name}": value for name, value in DB_KEEPALIVES.items()},
+                }.items()
+            ),
             "pool": {
                 "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
                 "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
@@ -118,10 +151,38 @@ DATABASES = {
                 # the app is back within seconds of the database.
                 # https://www.psycopg.org/psycopg3/docs/api/pool.html#psycopg_pool.ConnectionPool
                 "reconnect_timeout": env.float("DB_POOL_RECONNECT_TIMEOUT", default=5.0),
+                # Requests that may queue for a connection; one more is turned
+                # away at once (psycopg_pool.TooManyRequests, a 503 with
+                # Retry-After in core/middleware.py) instead of waiting the
+                # pool timeout to fail anyway. 0: no bound.
+                "max_waiting": env.int("DB_POOL_MAX_WAITING", default=40),
+                # The pool checks each connection before handing it out
+                # (CONN_HEALTH_CHECKS, ConnectionPool.check_connection) and
+                # drops one returned broken (its query failed on the network);
+                # an idle connection older than this is closed too (seconds).
+                "max_idle": env.float("DB_POOL_MAX_IDLE", default=300.0),
             },
         },
     }
 }
+# Requests one worker holds at once before it turns more away with a 503
+# (core.middleware.RequestLimitMiddleware); streams count only until they
+# start. 0: no bound.
+WORKER_MAX_REQUESTS_IN_FLIGHT = env.int("WORKER_MAX_REQUESTS_IN_FLIGHT", default=1000)
+
+# --- Migrations: the migrate step never queues the site behind a lock -------------
+# core/management/commands/migrate.py sets these on its own connection, over
+# the statement timeout above. A migration waits for a lock at most
+# MIGRATE_LOCK_TIMEOUT seconds (and every query on its table waits behind it
+# that long: keep it below DB_STATEMENT_TIMEOUT), then is rolled back and
+# tried again MIGRATE_LOCK_TRIES times in all, MIGRATE_RETRY_PAUSE seconds
+# apart, before the deploy fails. A statement longer than
+# MIGRATE_STATEMENT_TIMEOUT seconds fails it at once (0: no limit).
+# https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-LOCK-TIMEOUT
+MIGRATE_LOCK_TIMEOUT = env.float("DB_MIGRATE_LOCK_TIMEOUT", default=2.0)
+MIGRATE_LOCK_TRIES = env.int("DB_MIGRATE_LOCK_TRIES", default=5)
+MIGRATE_RETRY_PAUSE = env.float("DB_MIGRATE_RETRY_PAUSE", default=5.0)
+MIGRATE_STATEMENT_TIMEOUT = env.float("DB_MIGRATE_STATEMENT_TIMEOUT", default=60.0)
 
 # --- Behind nginx (or another TLS-terminating proxy) ------------------------------
 # nginx overwrites X-Forwarded-Proto on every request (nginx/templates), so the

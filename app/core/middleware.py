@@ -15,8 +15,11 @@ raises SynchronousOnlyOperation, as it should.
 - StaticFilesMiddleware is WhiteNoise for when no nginx is in front (a container
   host). WhiteNoiseMiddleware itself is sync-only: in the ASGI middleware chain
   Django would adapt it, moving every request through a thread.
+- RequestLimitMiddleware turns a request away with a quick 503 when this
+  worker already holds WORKER_MAX_REQUESTS_IN_FLIGHT of them.
 - DatabaseUnavailableMiddleware turns a database that is down, or a pool with
-  no free connection, into a quick 503 instead of a 500 page.
+  no free connection (or too many requests already waiting for one), into a
+  quick 503 with Retry-After instead of a 500 page.
 
 https://docs.djangoproject.com/en/6.1/topics/http/middleware/#asynchronous-support
 """
@@ -40,10 +43,11 @@ from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware import clickjacking, common, csp, csrf, security
 from django.utils.functional import SimpleLazyObject, empty
+from psycopg_pool import TooManyRequests
 from whitenoise.middleware import WhiteNoiseMiddleware
 from whitenoise.responders import StaticFile
 
-from core import health, jsonlog
+from core import dbpool, health, jsonlog
 
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponse]]
 REQUEST_ID = re.compile(r"[0-9A-Za-z-]{8,64}")
@@ -88,12 +92,56 @@ class HealthCheckMiddleware(AsyncMiddleware):
         return await self.get_response(request)
 
 
+# Seconds a client (or a load balancer) is asked to wait before it tries again.
+RETRY_AFTER_SECONDS = 1
+
+
+def unavailable(message: str) -> HttpResponse:
+    """A 503 that says when to come back (RFC 9110, section 10.2.3)."""
+    response = JsonResponse({"error": message}, status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+class RequestLimitMiddleware(AsyncMiddleware):
+    """A bound on the requests this worker holds at once; past it, a quick 503 with Retry-After.
+
+    An overloaded worker that queues every request makes each one slow and
+    then fail; turning the excess away at once keeps it answering the rest
+    (and its probes, answered before this middleware, so never counted).
+    A request counts until its view has returned the response: a stream
+    (Server-Sent Events) counts while the view builds it, not while it is
+    sent, so long streams never use up the bound. One counter per worker
+    process, on its event loop: no lock is needed. uvicorn's own
+    limit_concurrency is not used: it counts open connections, idle
+    keep-alive ones from nginx and streams included (docs/operations.md).
+    """
+
+    def __init__(self, get_response: GetResponse) -> None:
+        super().__init__(get_response)
+        self.limit = settings.WORKER_MAX_REQUESTS_IN_FLIGHT  # 0: no bound
+        self.in_flight = 0
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        if self.limit and self.in_flight >= self.limit:
+            return unavailable("server busy, try again shortly")
+        self.in_flight += 1
+        try:
+            return await self.get_response(request)
+        finally:
+            self.in_flight -= 1
+
+
 class DatabaseUnavailableMiddleware(AsyncMiddleware):
     # Django calls exception hooks synchronously (in a thread) even for async
     # middleware, so this one is a plain function; it runs only on errors.
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, (OperationalError, InterfaceError)):
-            return JsonResponse({"error": "database unavailable, try again shortly"}, status=503)
+            # Django wraps psycopg's errors: the pool's own is the cause.
+            if isinstance(exception.__cause__, TooManyRequests):
+                dbpool.forget_timed_out_waiters()
+                return unavailable("server busy, try again shortly")
+            return unavailable("database unavailable, try again shortly")
         return None
 
 

@@ -1,5 +1,5 @@
-"""The upgrade guard: every internal of Django, asgiref, whitenoise, uvicorn, uvicorn-worker and
-gunicorn that the project copies, re-implements or relies on, pinned by a hash of its source.
+"""The upgrade guard: every internal of Django, asgiref, whitenoise, uvicorn, uvicorn-worker,
+gunicorn and psycopg_pool that the project copies, re-implements or relies on, pinned by a hash of its source.
 
 An upgrade that changes any of them fails here, naming the project file to
 review. Review it against the new code (and rerun tests/django_suite and
@@ -16,6 +16,7 @@ HANDLER = "app/core/handlers.py"
 MIDDLEWARE = "app/core/middleware.py"
 WORKER = "deploy/gunicorn/workers.py"
 PROTOCOL = "deploy/gunicorn/protocol.py"
+DBPOOL = "app/core/dbpool.py"
 
 # The project file that depends on them -> dotted path -> (the first 12 hex digits of the
 # sha256 of its source, how the file depends on it).
@@ -79,6 +80,12 @@ REVIEWED: dict[str, dict[str, tuple[str, str]]] = {
         "uvicorn.protocols.http.httptools_impl.RequestResponseCycle": ("e67d470d435d", "writes to the transport"),
         "uvicorn.config.Config.load": ("92b7159dce10", "takes the http class as given"),
         "uvicorn.protocols.http.flow_control.FlowControl": ("126debcdaa89", "reads the transport's buffer size"),
+    },
+    DBPOOL: {
+        "psycopg_pool.pool.ConnectionPool._getconn_unchecked": ("5cddc70ef115", "a timed-out waiter stays queued"),
+        "psycopg_pool.pool.ConnectionPool._get_ready_connection": ("99b699260c88", "max_waiting counts the queue"),
+        "psycopg_pool.pool.ConnectionPool._return_connection": ("282265749082", "skips waiters that are gone"),
+        "psycopg_pool.pool.WaitingClient": ("f00fae1f8146", "conn and error say a wait ended"),
     },
 }
 CASES = {
