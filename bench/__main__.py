@@ -133,6 +133,8 @@ class Bench:
     def env(self, server: Server) -> dict[str, str]:
         return {
             "GUNICORN_WORKERS": str(self.args.workers),
+            # The whole machine for the app container (docker-compose.yml's default is one CPU).
+            "APP_CPUS": str(os.cpu_count() or 1),
             "BENCH_APP_COMMAND": server.app_command(self.args.workers),
             "EDGE_SUBNET": "172.30.89.0/24",
             # The image's default (off), which the test stack turns on.

@@ -109,9 +109,13 @@ def registry(path: Path = ROOT / ".env.example") -> dict[str, Variable]:
 
 def read_by_the_image() -> set[str]:
     """The variables the app image reads: its settings and gunicorn's config, as written in the code."""
-    reader = r"(?:\benv(?:\.\w+)?|\bsecret|\b_int|os\.environ\.get|os\.getenv)"
+    reader = r"(?:\benv(?:\.\w+)?|\bsecret|\b_int|\benviron\.get|os\.getenv)"
     call = re.compile(reader + r"""\(\s*["']([A-Z][A-Z0-9_]+)["']""")
-    sources = [*(ROOT / "app" / "config").glob("*.py"), *(ROOT / "deploy" / "gunicorn").glob("*.py")]
+    sources = [
+        *(ROOT / "app" / "config").glob("*.py"),
+        ROOT / "app" / "core" / "sizing.py",
+        *(ROOT / "deploy" / "gunicorn").glob("*.py"),
+    ]
     return {name for source in sources for name in call.findall(source.read_text())}
 
 
@@ -151,6 +155,7 @@ class Target:
     pause_before_stop: float = 0  # Kubernetes' preStop: the pod serves on, then gets the signal
     check_command: list[str] | None = None  # run inside the container as the host's health check
     gate: Workload | None = None  # Kubernetes' init container that waits for the migrations
+    most_instances: int | None = None  # the most app instances the host runs, where the files say
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -220,6 +225,7 @@ def kubernetes(overlay: Path) -> Target:
         stop_signal="SIGTERM",
         grace=pod.get("terminationGracePeriodSeconds", 30),
         pause_before_stop=pre_stop.get("sleep", {}).get("seconds", 0),
+        most_instances=find(docs, "HorizontalPodAutoscaler", "app")[0]["spec"]["maxReplicas"],
         notes={"docs": docs},
     )
 
@@ -250,6 +256,7 @@ def cloud_run() -> Target:
         probes=[container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe") if p in container],
         stop_signal="SIGTERM",
         grace=CLOUD_RUN_SHUTDOWN_SECONDS,
+        most_instances=int(service["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/maxScale"]),
         notes={"service": service, "job": job},
     )
 
@@ -312,6 +319,7 @@ def render() -> Target:
         probes=[service["healthCheckPath"]],
         stop_signal="SIGTERM",
         grace=service.get("maxShutdownDelaySeconds", 30),
+        most_instances=service.get("scaling", {}).get("maxInstances", service.get("numInstances", 1)),
         notes={"blueprint": blueprint, "service": service},
     )
 
@@ -346,6 +354,7 @@ def ecs() -> Target:
         check_command=check[1:] if check[0] == "CMD" else ["sh", "-c", check[1]],
         stop_signal="SIGTERM",
         grace=container.get("stopTimeout", 30),
+        most_instances=service["desiredCount"],
         notes={"task": task, "service": service, "migrate_task": migrate_task, "container": container},
     )
 

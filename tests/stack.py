@@ -153,8 +153,11 @@ class Stack:
     def exec(self, service: str, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.compose("exec", "-T", service, *command, check=check)
 
-    def gunicorn_workers(self) -> list[int]:
-        """The pids of gunicorn's workers: the children of the master, pid 1 in the container."""
+    def gunicorn_workers(self, container: str | None = None) -> list[int]:
+        """The pids of gunicorn's workers: the children of the master, pid 1 in the container.
+
+        The app service's container, or the one called `container`.
+        """
         code = (
             "import pathlib\n"
             "for p in pathlib.Path('/proc').glob('[0-9]*'):\n"
@@ -165,7 +168,12 @@ class Stack:
             "    if stat.rsplit(')', 1)[1].split()[1] == '1' and b'gunicorn' in cmd:\n"
             "        print(p.name)\n"
         )
-        return sorted(int(pid) for pid in self.exec("app", "python", "-c", code).stdout.split())
+        if container is None:
+            out = self.exec("app", "python", "-c", code).stdout
+        else:
+            command = ["docker", "exec", container, "python", "-c", code]
+            out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+        return sorted(int(pid) for pid in out.split())
 
     def psql(self, sql: str, check: bool = True) -> str:
         """Run SQL in the db container as the app's role; return psql's unaligned output."""

@@ -37,11 +37,16 @@ def prod_env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A prod.env that sets every documented variable to a value of its own, and gives each secret as a file."""
     documented = registry()
     secret = {name for name, var in documented.items() if var.secret}
-    # The example's own values for what compose itself uses (ports, limits: typed), a
-    # value of its own for each variable the app reads.
+    # The example's own values for what compose itself uses (ports, limits: typed,
+    # APP_REPLICAS too), a value of its own for each other variable the app reads.
     example = (ROOT / ".env.example").read_text().splitlines()
     values = dict(line.split("=", 1) for line in example if line and not line.startswith("#"))
-    values |= {name: f"from-prod-env-{name.lower()}" for name in read_by_the_image() if name not in secret}
+    compose = (ROOT / "docker-compose.yml").read_text()
+    values |= {
+        name: f"from-prod-env-{name.lower()}"
+        for name in read_by_the_image()
+        if name not in secret and f"${{{name}:" not in compose
+    }
     values |= {"EDGE_SUBNET": "172.30.99.0/24"}
     secret_dir = tmp_path / "secrets"
     secret_dir.mkdir(mode=0o700)

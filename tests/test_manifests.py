@@ -11,8 +11,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import botocore.session
@@ -44,7 +47,8 @@ from tests.hosts import (
 KUBERNETES_VERSIONS = ("1.34.0", schemas.latest_version())
 OVERLAY_IDS = [overlay.name for overlay in OVERLAYS]
 KUBERNETES_TARGETS = [f"kubernetes-{overlay.name}" for overlay in OVERLAYS]
-POSTGRES_MAX_CONNECTIONS = 100  # Postgres' default max_connections
+# Postgres' default max_connections, less its superuser_reserved_connections.
+POSTGRES_AVAILABLE_CONNECTIONS = 100 - 3
 MIGRATE = ["python", "manage.py", "migrate", "--noinput"]
 
 
@@ -228,16 +232,6 @@ def test_ingress_streams_events_unbuffered(rendered: list[dict[str, Any]]):
         assert {prefix + "proxy-read-timeout", prefix + "proxy-send-timeout"} <= set(annotations)
 
 
-def test_database_connections_fit_postgres(rendered: list[dict[str, Any]]):
-    (hpa,) = find(rendered, "HorizontalPodAutoscaler", "app")
-    config = next(d["data"] for d in find(rendered, "ConfigMap") if d["metadata"]["name"].startswith("app-config"))
-    # Without a CPU limit a pod sees all its node's cores: the worker count must be set.
-    workers = int(config["GUNICORN_WORKERS"])
-    pool = int(config.get("DB_POOL_MAX_SIZE", registry()["DB_POOL_MAX_SIZE"].default))
-    migrate_job = pool  # the Job's one process, when it overlaps a rollout
-    assert hpa["spec"]["maxReplicas"] * workers * pool + migrate_job < POSTGRES_MAX_CONNECTIONS
-
-
 def test_database_is_reachable_only_from_the_app(rendered: list[dict[str, Any]]):
     policies = find(rendered, "NetworkPolicy")
     assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] for p in policies)
@@ -401,6 +395,38 @@ def test_sets_only_known_variables_and_every_required_one(name: str):
         if workload.env.get("DJANGO_DEBUG", "false").lower() not in {"false", "0", "no", "off"}:
             problems.append(f"{label}: DJANGO_DEBUG on")
     assert not problems, "\n".join(problems)
+
+
+def _sizing() -> ModuleType:
+    """app/core/sizing.py, plain Python, loaded on its own (no Django on the host)."""
+    spec = importlib.util.spec_from_file_location("sizing", ROOT / "app" / "core" / "sizing.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+SIZING = ("APP_REPLICAS", "GUNICORN_WORKERS", "DB_POOL_MAX_SIZE", "DB_SPARE_CONNECTIONS")
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_database_connections_fit_postgres(name: str):
+    """The sum the check core.E003 makes at run time, made on paper with the same code."""
+    t, defaults = target(name), registry()
+    # The migrate step's check must count what the app runs: the same sizing.
+    assert {v: t.migrate.env.get(v) for v in SIZING} == {v: t.web.env.get(v) for v in SIZING}
+    # Without a CPU limit these hosts' containers see all the machine's cores: the count is set.
+    assert "GUNICORN_WORKERS" in t.web.env
+    value = {v: int(t.web.env.get(v) or defaults[v].default) for v in SIZING}
+    if t.most_instances is not None:
+        assert value["APP_REPLICAS"] >= t.most_instances, "APP_REPLICAS must be the most instances the host runs"
+    budget = _sizing().ConnectionBudget(
+        replicas=value["APP_REPLICAS"],
+        workers=value["GUNICORN_WORKERS"],
+        pool_max=value["DB_POOL_MAX_SIZE"],
+        spare=value["DB_SPARE_CONNECTIONS"],
+    )
+    assert budget.total <= POSTGRES_AVAILABLE_CONNECTIONS, budget.explain()
 
 
 @pytest.mark.parametrize("name", list(LOADERS))

@@ -170,6 +170,14 @@ DATABASES = {
 # start. 0: no bound.
 WORKER_MAX_REQUESTS_IN_FLIGHT = env.int("WORKER_MAX_REQUESTS_IN_FLIGHT", default=1000)
 
+# --- Sizing: the connections all of it may open fit the database (core.E003) -------------
+# The system check core.E003 (core/checks.py), run by the migrate step and by
+# every worker at start, adds up (APP_REPLICAS + 1 during a rolling deploy) x
+# workers x DB_POOL_MAX_SIZE + the migrate step + DB_SPARE_CONNECTIONS and
+# refuses to go on when that is more than Postgres allows. docs/operations.md, "Sizing".
+APP_REPLICAS = env.int("APP_REPLICAS", default=1)
+DB_SPARE_CONNECTIONS = env.int("DB_SPARE_CONNECTIONS", default=5)
+
 # --- Migrations: the migrate step never queues the site behind a lock -------------
 # core/management/commands/migrate.py sets these on its own connection, over
 # the statement timeout above. A migration waits for a lock at most

@@ -13,7 +13,13 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 from django.utils.module_loading import import_string
+
+from core import sizing
+
+# The tag of the checks that ask the database: core.startup runs them at start.
+SIZING = "sizing"
 
 
 @checks.register(checks.Tags.async_support)
@@ -57,6 +63,88 @@ def secret_key_given(app_configs: Sequence[AppConfig] | None, **kwargs: object) 
             id="core.E002",
         )
     ]
+
+
+def _pool_max_size(options: dict) -> int:
+    """The most connections one process may hold: its pool's max_size, or one without a pool."""
+    pool = options.get("pool")
+    if not pool:
+        return 1
+    if not isinstance(pool, dict):  # True: psycopg_pool's defaults, max_size = min_size = 4
+        return 4
+    return pool.get("max_size") or pool.get("min_size", 4)
+
+
+_LIMITS = """
+    SELECT current_setting('max_connections')::int,
+           current_setting('superuser_reserved_connections')::int,
+           coalesce(current_setting('reserved_connections', true)::int, 0),
+           (SELECT CASE WHEN rolsuper THEN -1 ELSE rolconnlimit END FROM pg_roles WHERE rolname = current_user),
+           (SELECT datconnlimit FROM pg_database WHERE datname = current_database())
+"""
+
+
+def _available(alias: str) -> tuple[int, str]:
+    """The connections Postgres lets the app open, and how that number came about."""
+    import psycopg
+
+    connection = connections[alias]
+    with psycopg.connect(**connection.get_connection_params()) as raw, raw.cursor() as cursor:
+        cursor.execute(_LIMITS)
+        max_connections, superuser, reserved, role_limit, database_limit = cursor.fetchone()
+    available = max_connections - superuser - reserved
+    why = f"max_connections {max_connections} - {superuser + reserved} reserved for administrators"
+    for name, limit in (("the role's CONNECTION LIMIT", role_limit), ("the database's", database_limit)):
+        if 0 <= limit < available:
+            available, why = limit, f"{name}, {limit}"
+    return available, why
+
+
+@checks.register(checks.Tags.database, SIZING)
+def database_connections_fit(
+    app_configs: Sequence[AppConfig] | None, databases: Sequence[str] | None = None, **kwargs: object
+) -> list[checks.CheckMessage]:
+    """Every process's pool at its fullest fits the database's max_connections (core.E003).
+
+    Run where a database is named: by the migrate step (`migrate` checks its
+    database) and by core.startup before a worker serves; `check --database default`.
+    """
+    messages: list[checks.CheckMessage] = []
+    try:
+        workers = sizing.worker_count()
+    except ValueError as error:
+        return [checks.Error(str(error), id="core.E003")]
+    for alias in databases or []:
+        budget = sizing.ConnectionBudget(
+            replicas=settings.APP_REPLICAS,
+            workers=workers,
+            pool_max=_pool_max_size(connections[alias].settings_dict["OPTIONS"]),
+            spare=settings.DB_SPARE_CONNECTIONS,
+        )
+        try:
+            available, why = _available(alias)
+        except Exception as error:  # unreachable, refused, out of connections: not this check's verdict
+            messages.append(
+                checks.Warning(
+                    f"Could not read the connection limits of database {alias!r}: {error}".strip(),
+                    hint="core.E003 compares them with the app's pools when the database answers; "
+                    "the migrate step runs it before every deploy.",
+                    id="core.W012",
+                )
+            )
+            continue
+        if budget.total > available:
+            messages.append(
+                checks.Error(
+                    f"The app may open {budget.total} connections to database {alias!r}, more than the "
+                    f"{available} it allows ({why}): {budget.explain()}.",
+                    hint="Lower DB_POOL_MAX_SIZE, the workers per container (GUNICORN_WORKERS, or APP_CPUS) "
+                    "or APP_REPLICAS, or raise max_connections in Postgres. See docs/operations.md, "
+                    '"Sizing".',
+                    id="core.E003",
+                )
+            )
+    return messages
 
 
 def _thread_cost(middleware: type) -> str | None:

@@ -6,11 +6,19 @@ runs; the entry points (config.asgi, config.wsgi) call this instead.
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+
+from core.checks import SIZING
 
 
 def refuse_to_start_on_check_errors() -> None:
-    """Raise ImproperlyConfigured listing every serious check message."""
-    errors = [message for message in checks.run_checks() if message.is_serious()]
+    """Raise ImproperlyConfigured listing every serious check message.
+
+    The checks that ask the database run too: those of the SIZING tag only, as
+    Django's own database checks are the migrate step's.
+    """
+    messages = [*checks.run_checks(), *checks.run_checks(tags=[SIZING], databases=list(connections))]
+    errors = [message for message in messages if message.is_serious()]
     if errors:
         lines = "\n".join(f"  {message}" for message in errors)
         raise ImproperlyConfigured(f"System check found errors; refusing to start:\n{lines}")

@@ -5,9 +5,9 @@ Copying it: keep it beside workers.py; set the variables in .env (documented in
 .env.example), not here. Settings reference: https://gunicorn.org/reference/settings/
 """
 
-import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 
@@ -19,25 +19,22 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"gunicorn.conf.py: {name} must be a whole number, not {raw!r}") from None
 
 
-def _cpu_count() -> int:
-    """CPUs this container may use: the cgroup quota if one is set, else the visible cores."""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            return max(1, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    return os.process_cpu_count() or 1
-
-
 # --- What to serve ----------------------------------------------------------------
 chdir = "/srv/app"
+sys.path.insert(0, chdir)  # for core.sizing, before gunicorn applies pythonpath below
+from core import sizing  # noqa: E402  (plain Python: Django is not loaded here)
+
 wsgi_app = "config.asgi:application"
 # workers.py, and the app for its log format (core.jsonlog), before Django loads.
 pythonpath = f"{Path(__file__).resolve().parent},{chdir}"
 worker_class = "workers.UvicornWorker"
-# Each worker is one event loop: one per CPU uses the machine without threads.
-workers = _int("GUNICORN_WORKERS", _cpu_count())
+# Each worker is one event loop: one per CPU the container may use (its
+# `cpus` limit, APP_CPUS in docker-compose.yml), never the host's cores;
+# GUNICORN_WORKERS sets the count instead. docs/operations.md, "Sizing".
+try:
+    workers = sizing.worker_count()
+except ValueError as error:
+    raise SystemExit(f"gunicorn.conf.py: {error}") from None
 
 # --- Where --------------------------------------------------------------------------
 # $PORT is what container hosts (Cloud Run, Render, Heroku-style) hand the app.
