@@ -7,11 +7,15 @@
 #          with their classes and the blueprint's protocol and worker (tests/uvicorn_suite)
 #   django-suite  the test image plus Django's own tests, run stock and with the
 #          blueprint's handler and middleware (tests/django_suite)
+#   acme   certbot, which obtains and renews the site's certificate when nginx
+#          serves HTTPS itself (deploy/compose/https.yml, deploy/acme/acme.py)
+#   pebble Let's Encrypt's test CA, for the test command's HTTPS tests only (tests/acme)
 # Copying it: change the paths in the `build` stage if your project is laid out
 # differently. Base images are pinned by tag; to pin a digest, pass one, e.g.
 #   docker compose build --build-arg PYTHON_IMAGE=python:3.13-slim-trixie@sha256:...
 ARG PYTHON_IMAGE=python:3.13-slim-trixie
 ARG NGINX_IMAGE=nginx:1.30-trixie
+ARG DEBIAN_IMAGE=debian:trixie-slim
 
 # --- base: what every Python stage shares ------------------------------------------
 FROM ${PYTHON_IMAGE} AS base
@@ -132,6 +136,11 @@ FROM ${NGINX_IMAGE} AS nginx
 RUN rm -f /etc/nginx/conf.d/default.conf
 COPY nginx/nginx.conf /etc/nginx/nginx.conf
 COPY nginx/templates/ /etc/nginx/templates/
+COPY nginx/site/ /etc/nginx/site/
+# Plain HTTP behind a TLS proxy, unless deploy/compose/https.yml says on; the
+# certificate and the ACME challenges then come from the acme service's volumes.
+ENV NGINX_TLS=off
+RUN install -d -m 0755 /etc/nginx/certs /var/www/acme
 # Keeps nginx's list of app servers in step with DNS and /healthz (nginx/upstream/app-upstream),
 # started by the image's entrypoint before nginx (nginx/entrypoint/40-app-upstream.sh).
 # nginx/entrypoint/19-strict-transport-security.sh, run by the entrypoint too, writes
@@ -141,3 +150,35 @@ COPY --chmod=0755 nginx/entrypoint/ /docker-entrypoint.d/
 # The container's healthcheck (docker-compose.yml): nginx answers, and the watcher is alive.
 COPY --chmod=0755 nginx/healthcheck.sh /usr/local/bin/nginx-healthcheck
 COPY --from=build /srv/static /srv/static
+
+# --- acme: certbot, for nginx's own HTTPS (deploy/compose/https.yml) -------------------------
+# Debian's certbot, kept up to date by Debian's security updates. It runs as
+# its own user, on a read-only filesystem; the directories below are volumes,
+# which take this ownership when first mounted.
+FROM ${DEBIAN_IMAGE} AS acme
+# Not pinned to a version: Debian's security updates replace it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends certbot \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10002 acme \
+ && useradd --system --uid 10002 --gid acme --home-dir /var/lib/acme --no-create-home --shell /usr/sbin/nologin acme \
+ && install -d -o acme -g acme -m 0700 /var/lib/acme /var/lib/acme/config /var/lib/acme/work \
+ && install -d -o acme -g acme -m 0755 /srv/certs /var/www/acme /var/www/acme/.well-known \
+ && echo "live -> the directory of the certificate nginx serves (deploy/acme/acme.py)" > /srv/certs/README \
+ && chown acme:acme /srv/certs/README
+COPY deploy/acme/acme.py /srv/acme/acme.py
+ENV PYTHONDONTWRITEBYTECODE=1
+USER 10002:10002
+CMD ["python3", "/srv/acme/acme.py", "run"]
+
+# --- pebble: a real ACME CA for the test command (tests/compose.acme.yml) --------------------
+# Let's Encrypt's test server, as Debian packages it; it validates HTTP-01 for
+# real, against nginx on the test network. Never part of a deployment.
+FROM ${DEBIAN_IMAGE} AS pebble
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends pebble openssl curl ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --chmod=0755 tests/acme/pebble-start.sh /usr/local/bin/pebble-start
+CMD ["pebble-start"]

@@ -102,14 +102,14 @@ class Stack:
         }
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
 
-    def sibling(self, name: str, offset: int, env: dict[str, str]) -> Stack:
+    def sibling(self, name: str, offset: int, env: dict[str, str], extra_files: tuple[Path, ...] = ()) -> Stack:
         """Another stack beside this one: project <project>-<name>, its edge range `offset` /24s above this one's.
 
-        STACK_<NAME>_EDGE_SUBNET picks the range instead.
+        STACK_<NAME>_EDGE_SUBNET picks the range instead; `extra_files` go on top of docker-compose.yml.
         """
         edge = ipaddress.ip_network(self.edge_subnet)
         subnet = os.environ.get(f"STACK_{name.upper()}_EDGE_SUBNET") or f"{edge.network_address + (offset << 8)}/24"
-        other = Stack(project=f"{self.project}-{name}", edge_subnet=subnet)
+        other = Stack(project=f"{self.project}-{name}", edge_subnet=subnet, extra_files=list(extra_files))
         other.write_env(env)
         return other
 

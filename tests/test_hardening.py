@@ -110,7 +110,13 @@ ONCE = (
     "cache-control",
     "server",
 )
-HSTS_VARIABLES = ("DJANGO_HTTPS", "DJANGO_HSTS_SECONDS", "DJANGO_HSTS_INCLUDE_SUBDOMAINS", "DJANGO_HSTS_PRELOAD")
+HSTS_VARIABLES = (
+    "SITE_DOMAINS",
+    "DJANGO_HTTPS",
+    "DJANGO_HSTS_SECONDS",
+    "DJANGO_HSTS_INCLUDE_SUBDOMAINS",
+    "DJANGO_HSTS_PRELOAD",
+)
 
 
 @dataclass
@@ -336,6 +342,10 @@ HSTS_CASES = [
     {"DJANGO_HTTPS": "true", "DJANGO_HSTS_INCLUDE_SUBDOMAINS": ""},
     {"DJANGO_HTTPS": "off", "DJANGO_HSTS_SECONDS": "600"},
     {"DJANGO_HSTS_SECONDS": " 0600 ", "DJANGO_HSTS_INCLUDE_SUBDOMAINS": "On", "DJANGO_HSTS_PRELOAD": "2"},
+    # The site's names make HTTPS the default (deploy/compose/https.yml); an empty list does not.
+    {"SITE_DOMAINS": "example.com,www.example.com"},
+    {"SITE_DOMAINS": " , "},
+    {"SITE_DOMAINS": "example.com", "DJANGO_HTTPS": "false"},
     {"DJANGO_HTTPS": "TRUE", "DJANGO_HSTS_SECONDS": "abc"},
 ]
 

@@ -22,7 +22,12 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 # Without a key, DEBUG gets a throwaway one per process; otherwise the check
 # core.E002 stops the app and the migrate step (see core/checks.py).
 SECRET_KEY = secret("DJANGO_SECRET_KEY") or (get_random_secret_key() if DEBUG else "")
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+# The site's public names, served over https (by nginx itself with
+# deploy/compose/https.yml, or by a TLS proxy in front). They are the defaults
+# of the allowed hosts, the trusted origins and DJANGO_HTTPS below, so a site
+# names itself once.
+SITE_DOMAINS = [name.strip() for name in env.list("SITE_DOMAINS", default=[]) if name.strip()]
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=SITE_DOMAINS or ["localhost", "127.0.0.1", "[::1]"])
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -196,10 +201,10 @@ MIGRATE_STATEMENT_TIMEOUT = env.float("DB_MIGRATE_STATEMENT_TIMEOUT", default=60
 # nginx overwrites X-Forwarded-Proto on every request (nginx/templates), so the
 # header can be trusted here; the app's port is reachable only through nginx.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[f"https://{name}" for name in SITE_DOMAINS])
 
-# --- HTTPS: on when TLS is terminated in front of nginx (production) ---------------
-HTTPS = env.bool("DJANGO_HTTPS", default=False)
+# --- HTTPS: on in production, where nginx or a proxy in front ends TLS --------------
+HTTPS = env.bool("DJANGO_HTTPS", default=bool(SITE_DOMAINS))
 SECURE_SSL_REDIRECT = HTTPS
 # Probes talk plain HTTP to the app directly; they must not be redirected.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]

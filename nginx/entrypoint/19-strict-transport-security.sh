@@ -2,14 +2,15 @@
 # The Strict-Transport-Security value for what nginx answers itself (static
 # files, its own error pages): exactly the one Django sends on pages, computed
 # from the same variables with the same defaults (app/config/settings.py):
-#   DJANGO_HTTPS [false], DJANGO_HSTS_SECONDS [31536000 with DJANGO_HTTPS, else 0],
+#   DJANGO_HTTPS [true when SITE_DOMAINS names a site, else false],
+#   DJANGO_HSTS_SECONDS [31536000 with DJANGO_HTTPS, else 0],
 #   DJANGO_HSTS_INCLUDE_SUBDOMAINS [DJANGO_HTTPS], DJANGO_HSTS_PRELOAD [false].
 # Run by: the nginx image's entrypoint, from /docker-entrypoint.d/ (Dockerfile),
 # before nginx starts. It writes $app_strict_transport_security into
 # conf.d/00-strict-transport-security.conf (empty: no header), which the site
-# (templates/default.conf.template) sends only when the trusted proxy says
-# https, as Django does.
-# Copying it: nothing to change; give nginx the four variables the app gets.
+# (site/app.conf) sends only over https (nginx's own, or as the trusted proxy
+# says), as Django does.
+# Copying it: nothing to change; give nginx the five variables the app gets.
 # A value the app would refuse to start with stops nginx too.
 set -euo pipefail
 
@@ -47,7 +48,11 @@ read_flag() {
     esac
 }
 
-https=$(read_flag DJANGO_HTTPS false)
+# SITE_DOMAINS: names separated by commas; blanks between them do not count.
+site_domains=$(read_setting SITE_DOMAINS "")
+https_default=false
+if [[ -n ${site_domains//[,[:space:]]/} ]]; then https_default=true; fi
+https=$(read_flag DJANGO_HTTPS "$https_default")
 default_seconds=0
 if [[ $https == true ]]; then default_seconds=31536000; fi
 seconds=$(read_setting DJANGO_HSTS_SECONDS "$default_seconds")
