@@ -1,13 +1,17 @@
 """The benchmark: the same app image under each server, behind the same nginx, against the same Postgres.
 
-    bench/run [--servers blueprint,gthread,...] [--workloads now,books,sleep,streams]
-              [--duration 10] [--repeat 2] [--workers N] [--stream-levels 1000,2000,...] [--out DIR] [--quick]
+    bench/run [--servers blueprint,gthread,...] [--workloads now,books,sleep,streams,fanout]
+              [--duration 10] [--repeat 2] [--workers N] [--stream-levels 1000,2000,...]
+              [--fanout-subscribers 1000,5000] [--fanout-seconds 30] [--fanout-transport http1|h2c]
+              [--out DIR] [--quick]
 
 It starts its own copy of the stack (project async-django-bench, a free port
 on 127.0.0.1), swaps the app container's command for each server, drives it
 with wrk through nginx, samples the app container's memory and threads, and
-removes everything when it ends. Results: printed, and written to
-DIR/results.md, results.json and chart.png (DIR defaults to bench/results).
+removes everything when it ends. The fan-out workload (bench/fanout.py) runs
+last, against the blueprint alone, with FANOUT_REPLICAS app containers.
+Results: printed, and written to DIR/results.md, results.json and chart.png
+(DIR defaults to bench/results).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import h2load, report, wrk
+from bench import fanout, h2load, report, wrk
 from bench.sample import PeakSampler, settled_usage
 from bench.servers import BY_NAME, SERVERS, Server
 from tests.stack import ROOT, Stack
@@ -60,6 +64,15 @@ WORKLOADS = {
 # starting a new one as each ends (bench/h2load.py: why HTTP/2 to nginx).
 STREAM_PATH = "/events/?count=6"
 STREAM_SECONDS = 16
+# Live updates (bench/fanout.py): N subscribers of /books/stream/ over this many
+# app replicas, behind the one nginx; a book every FANOUT_INTERVAL seconds.
+FANOUT_REPLICAS = 2
+FANOUT_INTERVAL = 0.1
+FANOUT_TITLE = (
+    f"(e) fan-out: a book every {FANOUT_INTERVAL * 1000:.0f} ms to N subscribers of GET /books/stream/, "
+    f"{FANOUT_REPLICAS} app replicas"
+)
+OTHER_WORKLOADS = ("streams", "fanout")
 
 
 @dataclass
@@ -77,26 +90,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="bench/run", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--servers", default=",".join(s.name for s in SERVERS))
-    parser.add_argument("--workloads", default="now,books,sleep,streams")
+    parser.add_argument("--workloads", default="now,books,sleep,streams,fanout")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per server and workload (default 2)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers per server (default: cores)")
     parser.add_argument("--stream-levels", default="1000,2000,3000,4000,5000")
+    parser.add_argument("--fanout-subscribers", default="1000,5000", help="fan-out levels (default 1000,5000)")
+    parser.add_argument("--fanout-seconds", type=float, default=30.0, help="of commits per fan-out level (default 30)")
+    parser.add_argument(
+        "--fanout-transport",
+        choices=sorted(fanout.TRANSPORTS),
+        default="http1",
+        help="http1: a connection per subscriber (default); h2c: HTTP/2 to nginx, 100 streams a connection "
+        "(Docker's userland proxy stops a few thousand connections short: docs/performance.md)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--quick", action="store_true", help="a tiny load, to check that the command works")
     args = parser.parse_args(argv)
     unknown = set(args.servers.split(",")) - set(BY_NAME)
     if unknown:
         parser.error(f"unknown servers {sorted(unknown)}; choose from {', '.join(BY_NAME)}")
-    unknown = set(args.workloads.split(",")) - {*WORKLOADS, "streams"}
+    unknown = set(args.workloads.split(",")) - {*WORKLOADS, *OTHER_WORKLOADS}
     if unknown:
-        parser.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join([*WORKLOADS, 'streams'])}")
-    if args.duration <= 0 or args.repeat < 1 or args.workers < 1:
-        parser.error("--duration, --repeat and --workers must be positive")
+        parser.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join([*WORKLOADS, *OTHER_WORKLOADS])}")
+    if args.duration <= 0 or args.repeat < 1 or args.workers < 1 or args.fanout_seconds <= 0:
+        parser.error("--duration, --repeat, --workers and --fanout-seconds must be positive")
     try:
         args.levels = [int(n) for n in args.stream_levels.split(",")]
+        args.fanout_levels = [int(n) for n in args.fanout_subscribers.split(",")]
     except ValueError:
-        parser.error("--stream-levels takes whole numbers separated by commas, e.g. 1000,2000")
+        parser.error("--stream-levels and --fanout-subscribers take whole numbers separated by commas, e.g. 1000,2000")
     return args
 
 
@@ -142,8 +165,8 @@ class Bench:
             **dict(server.env),
         }
 
-    def start(self, server: Server) -> None:
-        self.stack.write_env(self.env(server))
+    def start(self, server: Server, extra: dict[str, str] | None = None) -> None:
+        self.stack.write_env({**self.env(server), **(extra or {})})
         self.stack.compose("up", "--detach", "--wait", "--wait-timeout", "120", "--force-recreate", "--no-deps", "app")
         self.stack.compose("up", "--detach", "--wait", "--wait-timeout", "60", "--force-recreate", "--no-deps", "nginx")
 
@@ -202,13 +225,51 @@ class Bench:
             "threads_per_stream": (at_first["peak_threads"] - idle.threads) / at_first["streams"],
         }
 
+    def nginx_upstreams(self) -> int:
+        """The app servers nginx sends requests to now (nginx/upstream/app-upstream writes them)."""
+        conf = self.stack.exec("nginx", "cat", "/etc/nginx/conf.d/01-app-upstream.conf", check=False).stdout
+        return sum(1 for line in conf.splitlines() if line.strip().startswith("server ") and " down;" not in line)
+
+    def fanout(self) -> dict:
+        """bench/fanout.py at each level, against the blueprint with FANOUT_REPLICAS app containers."""
+        args, server = self.args, BY_NAME["blueprint"]
+        self.start(server, {"APP_REPLICAS": str(FANOUT_REPLICAS)})
+        deadline = time.monotonic() + 60
+        while self.nginx_upstreams() < FANOUT_REPLICAS and time.monotonic() < deadline:
+            time.sleep(1)
+        apps = self.stack.container_id("app").split()
+        db, nginx = self.stack.container_id("db"), self.stack.container_id("nginx")
+        outcome: dict = {"server": server.name, "replicas": len(apps), "nginx_upstreams": self.nginx_upstreams(),
+                         "interval_s": FANOUT_INTERVAL, "seconds": args.fanout_seconds,
+                         "transport": args.fanout_transport, "levels": []}  # fmt: skip
+        for level in args.fanout_levels:
+            config = fanout.Config(port=self.stack.port, token=self.stack.api_token, subscribers=level,
+                                   seconds=args.fanout_seconds, interval=FANOUT_INTERVAL,
+                                   transport=args.fanout_transport)  # fmt: skip
+            for app in apps:  # the last level's streams closed
+                settled_usage(app)
+            try:
+                result = fanout.run(config, fanout.Probe(apps, db, nginx))
+            except fanout.FanoutError as error:
+                outcome["levels"].append({"subscribers": level, "error": str(error)})
+                print(f"  fanout {level}: {error}", flush=True)
+                break
+            problems = fanout.verdict(result)
+            outcome["levels"].append({**asdict(result), "problems": problems})
+            print(f"  fanout: {fanout.line(result)}", flush=True)
+            for problem in problems:
+                print(f"  fanout {level}: {problem}", flush=True)
+            time.sleep(2)
+        return outcome
+
     def run(self) -> dict:
         args = self.args
         servers = [BY_NAME[name] for name in args.servers.split(",")]
         workloads = args.workloads.split(",")
-        raise_open_files_limit(max(args.levels) + 2000)
+        raise_open_files_limit(max(*args.levels, *args.fanout_levels) + 2000)
         results: dict = {"machine": machine(), "workers": args.workers, "duration_s": args.duration,
-                         "repeat": args.repeat, "throughput": [], "streams": [], "failed": []}  # fmt: skip
+                         "repeat": args.repeat, "throughput": [], "streams": [], "fanout": None,
+                         "failed": []}  # fmt: skip
         print(f"bench: building images and starting the stack on {self.url} ...", flush=True)
         self.stack.compose("down", "--volumes", "--remove-orphans", check=False)
         try:
@@ -216,7 +277,8 @@ class Bench:
             self.stack.write_env(self.env(servers[0]))
             self.stack.up()
             self.seed_books()
-            for server in servers:
+            # Fan-out alone needs none of the servers: only its own blueprint run below.
+            for server in servers if set(workloads) - {"fanout"} else []:
                 print(f"bench: {server.name}: {server.description}", flush=True)
                 try:
                     self.start(server)
@@ -227,7 +289,7 @@ class Bench:
                     print(f"  did not start; last log lines:\n{logs[-2000:]}", flush=True)
                     continue
                 for name in workloads:
-                    if name in server.skips:
+                    if name in server.skips or name == "fanout":
                         continue
                     if name == "streams":
                         outcome = self.streams(server)
@@ -239,6 +301,15 @@ class Bench:
                         results["throughput"].append(asdict(measurement))
                         rates = ", ".join(f"{r['requests_per_s']:.0f}" for r in measurement.runs)
                         print(f"  {name}: {rates} req/s", flush=True)
+            if "fanout" in workloads:
+                print(f"bench: fan-out: the blueprint with {FANOUT_REPLICAS} app replicas", flush=True)
+                try:
+                    results["fanout"] = self.fanout()
+                except AssertionError as exc:
+                    logs = self.stack.compose("logs", "--no-color", "--tail", "20", "app", check=False).stdout
+                    results["failed"].append({"server": "blueprint (fan-out)", "error": str(exc)[-2000:],
+                                              "logs": logs[-4000:]})  # fmt: skip
+                    print(f"  did not start; last log lines:\n{logs[-2000:]}", flush=True)
         finally:
             self.stack.down()
         return results
@@ -248,11 +319,12 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.quick:
         args.duration, args.repeat, args.levels = 2.0, 1, [50]
+        args.fanout_levels, args.fanout_seconds = [50], 3.0
     wrk.find_wrk()
     if "streams" in args.workloads.split(","):
         h2load.find_h2load()
     results = Bench(args).run()
-    results["workloads"] = {name: w.title for name, w in WORKLOADS.items()}
+    results["workloads"] = {**{name: w.title for name, w in WORKLOADS.items()}, "fanout": FANOUT_TITLE}
     results["servers"] = {s.name: s.description for s in SERVERS}
     paths = report.write(results, args.out)
     print(report.markdown(results))

@@ -88,10 +88,50 @@ def markdown(results: dict) -> str:
                 f"{s['threads_at_reference']} | {s['idle_threads']} | {s['threads_per_stream']:.3f} |"
             )
         lines.append("")
+    lines += fanout_markdown(results)
     for failure in results.get("failed", []):
         lines += [f"{failure['server']} did not start: see results.json for its log.", ""]
     lines += ["Servers:", ""] + [f"- {name}: {text}" for name, text in results["servers"].items()]
     return "\n".join(lines) + "\n"
+
+
+def fanout_markdown(results: dict) -> list[str]:
+    """The fan-out table (bench/fanout.py): one row per number of subscribers."""
+    fan = results.get("fanout")
+    if not fan:
+        return []
+    lines = [f"## {results['workloads'].get('fanout', 'fan-out')}", ""]
+    lines += ["| subscribers | books | p50 ms | p99 ms | max ms | a book's first → last subscriber, p50 ms | "
+              "missed | duplicates | reconnects | RSS MB idle → peak | KB per subscriber | threads idle → peak | "
+              "threads per subscriber | listening connections / workers | DB connections at most (active) | "
+              "CPU µs per event: app, nginx, db | client CPU |", "|" + " --- |" * 17]  # fmt: skip
+    errors = []
+    for f in fan["levels"]:
+        if "error" in f:
+            errors.append(f"{f['subscribers']} subscribers: {f['error']}")
+            continue
+        cpu = ", ".join(f"{f['cpu_us_per_event'].get(k, 0):.0f}" for k in ("app", "nginx", "db"))
+        listening = f"{f['listening_min']}" if f["listening_min"] == f["listening_max"] else (
+            f"{f['listening_min']}-{f['listening_max']}")  # fmt: skip
+        lines.append(
+            f"| {f['subscribers']} | {f['books']} | {f['p50_ms']:.0f} | {f['p99_ms']:.0f} | {f['max_ms']:.0f} | "
+            f"{f['first_p50_ms']:.0f} → {f['last_p50_ms']:.0f} | "
+            f"{f['missed']} | {f['duplicates']} | {f['reconnects']} | "
+            f"{f['idle_rss_mb']:.0f} → {f['peak_rss_mb']:.0f} | "
+            f"{f['rss_kb_per_subscriber']:.1f} | {f['idle_threads']} → {f['peak_threads']} | "
+            f"{f['threads_per_subscriber']:.3f} | {listening} / {f['workers']} | "
+            f"{f['db_connections_max']} ({f['db_active_max']}) | {cpu} | {f['client_cpu']:.0%} |"
+        )
+    transport = {"http1": "a connection per subscriber (HTTP/1.1)", "h2c": "HTTP/2 to nginx, 100 streams a connection"}
+    lines += ["", f"{fan['replicas']} app replicas behind one nginx, {fan['seconds']:g} s of books per level, "
+              f"{transport.get(fan.get('transport', 'http1'))}. "
+              "Latency: from each book's created_at (the server's clock, just before its INSERT commits) to "
+              "its event's arrival at the client; missed and duplicates are counted per subscriber and book. "
+              "Listening connections: Postgres backends running the hub's statements (app/books/live.py), "
+              "one per worker expected. Client CPU near 100 %: the load generator itself is late.", ""]  # fmt: skip
+    notes = [f"{f['subscribers']} subscribers: {problem}." for f in fan["levels"] for problem in f.get("problems", [])]
+    notes += [f"Not measured: {error}" for error in errors]
+    return [*lines, *[f"- {note}" for note in notes], ""] if notes else lines
 
 
 def chart(results: dict, path: Path) -> None:
@@ -101,7 +141,8 @@ def chart(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tables = summarise(results)
-    panels = len(tables) + (1 if results["streams"] else 0)
+    fan = [f for f in (results.get("fanout") or {}).get("levels", []) if "error" not in f]
+    panels = len(tables) + (1 if results["streams"] else 0) + (1 if fan else 0)
     fig, axes = plt.subplots(1, max(panels, 1), figsize=(5 * max(panels, 1), 4.5), squeeze=False)
     for ax, (name, rows) in zip(axes[0], tables.items(), strict=False):
         rows = sorted(rows, key=lambda r: -r["requests_per_s"])
@@ -111,12 +152,21 @@ def chart(results: dict, path: Path) -> None:
         ax.set_ylabel("requests/s")
         ax.tick_params(axis="x", rotation=45, labelsize=8)
     if results["streams"]:
-        ax = axes[0][panels - 1]
+        ax = axes[0][len(tables)]
         rows = sorted(results["streams"], key=lambda s: -s["max_streams_without_errors"])
         colors = ["tab:green" if s["server"] == "blueprint" else "tab:gray" for s in rows]
         ax.bar([s["server"] for s in rows], [s["max_streams_without_errors"] for s in rows], color=colors)
         ax.set_title("(d) streams held with zero errors", fontsize=9)
         ax.tick_params(axis="x", rotation=45, labelsize=8)
+    if fan:
+        ax = axes[0][panels - 1]
+        labels = [str(f["subscribers"]) for f in fan]
+        ax.plot(labels, [f["p50_ms"] for f in fan], marker="o", color="tab:green", label="p50")
+        ax.plot(labels, [f["p99_ms"] for f in fan], marker="o", color="tab:red", label="p99")
+        ax.set_title("(e) fan-out: commit to delivery", fontsize=9)
+        ax.set_xlabel("subscribers")
+        ax.set_ylabel("ms")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -156,6 +156,11 @@ class Target:
     check_command: list[str] | None = None  # run inside the container as the host's health check
     gate: Workload | None = None  # Kubernetes' init container that waits for the migrations
     most_instances: int | None = None  # the most app instances the host runs, where the files say
+    # What may cut a long response, where the files set it, in seconds, by the path prefix it
+    # applies to ("/": every path): how long a response may last in all (Cloud Run's request
+    # timeout), and how long it may stay silent (an ingress' read timeout, an idle timeout).
+    response_timeouts: dict[str, float] = field(default_factory=dict)
+    idle_timeouts: dict[str, float] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -206,6 +211,22 @@ def _k8s_workload(docs: list[dict[str, Any]], pod: dict[str, Any], container: di
     return workload
 
 
+def _only_set(timeouts: dict[str, Any]) -> dict[str, float]:
+    """The timeouts a file sets, as seconds; those it leaves to the host's default are left out."""
+    return {path: float(value) for path, value in timeouts.items() if value is not None}
+
+
+def ingress_read_timeouts(docs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each Ingress path's proxy-read-timeout: the silence ingress-nginx waits through on a response."""
+    timeouts = {}
+    for ingress in find(docs, "Ingress"):
+        value = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-read-timeout")
+        if value is not None:
+            for rule in ingress["spec"]["rules"]:
+                timeouts.update({path["path"]: float(value) for path in rule["http"]["paths"]})
+    return timeouts
+
+
 def kubernetes(overlay: Path) -> Target:
     docs = render_overlay(overlay)
     (deployment,) = find(docs, "Deployment", "app")
@@ -226,6 +247,7 @@ def kubernetes(overlay: Path) -> Target:
         grace=pod.get("terminationGracePeriodSeconds", 30),
         pause_before_stop=pre_stop.get("sleep", {}).get("seconds", 0),
         most_instances=find(docs, "HorizontalPodAutoscaler", "app")[0]["spec"]["maxReplicas"],
+        idle_timeouts=ingress_read_timeouts(docs),
         notes={"docs": docs},
     )
 
@@ -257,6 +279,7 @@ def cloud_run() -> Target:
         stop_signal="SIGTERM",
         grace=CLOUD_RUN_SHUTDOWN_SECONDS,
         most_instances=int(service["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/maxScale"]),
+        response_timeouts=_only_set({"/": service["spec"]["template"]["spec"].get("timeoutSeconds")}),
         notes={"service": service, "job": job},
     )
 
@@ -291,6 +314,7 @@ def fly() -> Target:
         probes=[check["path"] for check in service.get("checks", [])],
         stop_signal=config.get("kill_signal", "SIGINT"),
         grace=_seconds(config.get("kill_timeout", 5)),
+        idle_timeouts=_only_set({"/": service.get("http_options", {}).get("idle_timeout")}),
         notes={"config": config},
     )
 
@@ -345,6 +369,8 @@ def ecs() -> Target:
     )
     (override,) = [o for o in migrate_task["overrides"]["containerOverrides"] if o["name"] == "app"]
     check = container["healthCheck"]["command"]
+    balancer = yaml.safe_load((DEPLOY / "ecs" / "load-balancer-attributes.yaml").read_text())
+    balancer_attributes = {a["Key"]: a["Value"] for a in balancer["Attributes"]}
     return Target(
         name="ecs",
         web=web,
@@ -355,7 +381,14 @@ def ecs() -> Target:
         stop_signal="SIGTERM",
         grace=container.get("stopTimeout", 30),
         most_instances=service["desiredCount"],
-        notes={"task": task, "service": service, "migrate_task": migrate_task, "container": container},
+        idle_timeouts=_only_set({"/": balancer_attributes.get("idle_timeout.timeout_seconds")}),
+        notes={
+            "task": task,
+            "service": service,
+            "migrate_task": migrate_task,
+            "container": container,
+            "load_balancer": balancer,
+        },
     )
 
 

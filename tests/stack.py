@@ -17,6 +17,8 @@ import socket
 import subprocess
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +143,16 @@ class Stack:
 
     def up(self) -> None:
         self.compose("up", "--detach", "--wait", "--wait-timeout", "180")
+
+    @contextmanager
+    def running(self) -> Iterator[Stack]:
+        """Up from a clean slate (an interrupted run may have left it behind); down, volumes and all, after."""
+        self.compose("down", "--volumes", "--remove-orphans", check=False)
+        try:
+            self.up()
+            yield self
+        finally:
+            self.down()
 
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False, with_tests=True)

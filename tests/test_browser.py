@@ -4,23 +4,28 @@ What the HTTP-level tests cannot show: that a browser, with its own cookie jar,
 Origin and Referer headers and CSS engine, gets through the proxy. The admin's
 stylesheets load from /static/ and apply, the login sets the session and CSRF
 cookies, the add form's POST passes Django's CSRF check, and the same POST
-without the form's token is refused with 403.
+without the form's token is refused with 403. And the live page: two browsers,
+one watching "/" while the other, logged in as staff, adds books through the
+page's form; each appears on the first without a reload, once.
 
 It drives the system's Chromium (/usr/bin/chromium and /usr/bin/chromedriver,
 Debian's `chromium` and `chromium-driver`; $CHROMIUM and $CHROMEDRIVER to use
 others) with Selenium, given the driver's path, so nothing is downloaded at run
 time. Without them it is skipped; CI (.ci/run) installs them. A screenshot of the admin after the book was added is
-saved to $TEST_ARTIFACTS/admin-book-added.png (default tests/artifacts/).
+saved to $TEST_ARTIFACTS/admin-book-added.png (default tests/artifacts/), one of the live page to live-page.png
+there; with DOCS_SCREENSHOTS=1 the latter is also copied to docs/img/live-page.png, the documentation's picture.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,6 +42,8 @@ CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
 WAIT = 30  # seconds for any one page; the whole test takes a few
+LIVE_WAIT = 10  # seconds for a new book to reach an open page: it takes well under one
+DOCS_SCREENSHOTS = os.environ.get("DOCS_SCREENSHOTS") == "1"
 
 # Headless, able to run as root (no sandbox), and nothing that phones home: the stack is all it talks to.
 CHROMIUM_FLAGS = [
@@ -63,8 +70,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
+@contextmanager
+def chromium() -> Iterator[webdriver.Chrome]:
+    """A fresh headless Chromium with a profile (cookies) of its own, closed afterwards."""
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -83,10 +91,27 @@ def browser() -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def submit(driver: webdriver.Chrome, button: WebElement) -> None:
-    """Click a submit button and wait until the next page has loaded."""
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    with chromium() as driver:
+        yield driver
+
+
+@pytest.fixture
+def second_browser() -> Iterator[webdriver.Chrome]:
+    """Another user at the same time: a browser of its own, sharing nothing with `browser`."""
+    with chromium() as driver:
+        yield driver
+
+
+def submit(driver: webdriver.Chrome, button: WebElement | None = None, form: WebElement | None = None) -> None:
+    """Click a submit button (or send a form as if the page had no script) and wait until the next page has loaded."""
     old_page = driver.find_element(By.TAG_NAME, "html")
-    button.click()
+    if button is not None:
+        button.click()
+    else:
+        # form.submit() skips the form's submit listeners: the browser's own POST, as without JavaScript.
+        driver.execute_script("arguments[0].submit();", form)
 
     def next_page_loaded(d: webdriver.Chrome) -> bool:
         try:
@@ -219,3 +244,95 @@ def test_the_pages_own_script_runs_under_its_policy_and_framing_follows_each_vie
     )
     assert browser.execute_script(shown, "embed") == "Books"  # app/books/templates/books/embed.html
     assert not browser.execute_script(shown, "page")  # refused: nothing of /now/ shows
+
+
+LIVE = "return document.getElementById('live-state').dataset.state === 'live';"
+LIVE_TITLES = "return Array.from(document.querySelectorAll('#books li .title'), title => title.textContent);"
+LIVE_IDS = "return Array.from(document.querySelectorAll('#books li'), item => item.dataset.id);"
+LIVE_STATS = "return ['stat-pid', 'stat-streams', 'stat-threads'].map(id => document.getElementById(id).textContent);"
+
+
+def live_titles(driver: webdriver.Chrome) -> list[str]:
+    return driver.execute_script(LIVE_TITLES)
+
+
+def test_the_live_page_shows_books_added_elsewhere_as_they_come(
+    stack: Stack, browser: webdriver.Chrome, second_browser: webdriver.Chrome
+):
+    """Browser 1 watches "/"; browser 2, logged in as staff, adds a book with the page's script and one without.
+    Both reach browser 1 without a reload, once each, newest first, and it shows its worker's streams."""
+    viewer, staff = browser, second_browser
+    password = stack.create_superuser("live-staff")
+    by_script, by_form = (f"Live book {secrets.token_hex(4)}" for _ in range(2))
+
+    # The viewer: anonymous, so no form but a way to log in; its stylesheet applies and its stream opens.
+    viewer.get(stack.url("/"))
+    assert not viewer.find_elements(By.ID, "add-book")
+    assert viewer.find_elements(By.CSS_SELECTOR, 'a[href="/admin/login/?next=/"]')
+    assert viewer.execute_script("return getComputedStyle(document.querySelector('main')).maxWidth;") != "none"
+    WebDriverWait(viewer, WAIT).until(lambda d: d.execute_script(LIVE))
+    WebDriverWait(viewer, WAIT).until(lambda d: d.find_element(By.ID, "live-stats").is_displayed())
+    document_statuses(viewer)  # from here on, any page it loads would be a reload
+
+    # The staff member logs in through the admin's form and is sent back to the page, which now has the add form.
+    staff.get(stack.url("/admin/login/?next=/"))
+    staff.find_element(By.NAME, "username").send_keys("live-staff")
+    staff.find_element(By.NAME, "password").send_keys(password)
+    submit(staff, staff.find_element(By.CSS_SELECTOR, "#login-form [type=submit]"))
+    assert staff.current_url == stack.url("/"), staff.find_element(By.TAG_NAME, "body").text[:2000]
+    WebDriverWait(staff, WAIT).until(lambda d: d.execute_script(LIVE))
+
+    # With the page's script: sent with fetch, the field cleared, the page kept; the book comes back by the stream.
+    field = staff.find_element(By.ID, "book-title")
+    field.send_keys(by_script)
+    document_statuses(staff)
+    staff.find_element(By.CSS_SELECTOR, "#add-book [type=submit]").click()
+    status = WebDriverWait(staff, WAIT).until(
+        lambda d: (text := d.find_element(By.ID, "add-status").text) not in ("", "Adding…") and text
+    )
+    assert status.startswith("Added"), status
+    assert field.get_property("value") == ""
+    WebDriverWait(viewer, LIVE_WAIT).until(lambda d: by_script in live_titles(d))
+    WebDriverWait(staff, LIVE_WAIT).until(lambda d: by_script in live_titles(d))
+    assert live_titles(staff).count(by_script) == 1
+    assert document_statuses(staff) == []  # no page was loaded
+
+    # Without it: the browser's own POST, a 303 back to the page, which the server renders with the book.
+    staff.find_element(By.ID, "book-title").send_keys(by_form)
+    submit(staff, form=staff.find_element(By.ID, "add-book"))
+    assert document_statuses(staff) == [("POST", stack.url("/books/"), 303), ("GET", stack.url("/"), 200)]
+    assert live_titles(staff)[:2] == [by_form, by_script]
+    assert f'<span class="title">{by_form}</span>' in stack.get("/").text()  # no script involved
+
+    # The viewer got both, without a reload, once each, the newest first.
+    WebDriverWait(viewer, LIVE_WAIT).until(lambda d: by_form in live_titles(d))
+    titles = live_titles(viewer)
+    assert titles.count(by_script) == 1 and titles.count(by_form) == 1, titles
+    assert titles.index(by_form) < titles.index(by_script), titles
+    ids = viewer.execute_script(LIVE_IDS)
+    assert len(ids) == len(set(ids)), ids
+    assert document_statuses(viewer) == []
+
+    # The worker serving its stream: its pid, at least this stream open, and its threads.
+    pid, streams, threads = viewer.execute_script(LIVE_STATS)
+    assert re.fullmatch(r"[0-9]+", pid), pid
+    assert re.fullmatch(r"[0-9]+ open streams?", streams) and int(streams.split()[0]) >= 1, streams
+    assert re.fullmatch(r"[0-9]+ OS threads?", threads) and int(threads.split()[0]) >= 1, threads
+
+    # Nothing on either page was refused by the Content-Security-Policy: no inline style, handler or script.
+    for driver in (viewer, staff):
+        refused = [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+        assert not refused, refused
+
+    # The whole page in the picture: a narrower window, as tall as the page (plus the window's own frame).
+    viewer.set_window_size(960, 900)
+    height = viewer.execute_script(
+        "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight;"
+    )
+    viewer.set_window_size(960, height)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "live-page.png"
+    assert viewer.save_screenshot(str(screenshot)), screenshot
+    print(f"screenshot of the live page after {by_script!r} and {by_form!r} arrived: {screenshot}")
+    if DOCS_SCREENSHOTS:
+        shutil.copyfile(screenshot, ROOT / "docs" / "img" / "live-page.png")

@@ -137,15 +137,10 @@ def site(stack: Stack) -> Iterator[Site]:
         "NGINX_CERTIFICATE_INTERVAL": "1",
     }
     files = (ROOT / "deploy" / "compose" / "https.yml", ROOT / "tests" / "compose.acme.yml")
-    https = stack.sibling("https", 160, env, extra_files=files)
-    https.compose("down", "--volumes", "--remove-orphans", check=False)
-    try:
-        https.up()
-        running = Site(https, http_port, https_port)
-        running.wait_for_certificate(other_than=None)
-        yield running
-    finally:
-        https.down()
+    with stack.sibling("https", 160, env, extra_files=files).running() as https:
+        site = Site(https, http_port, https_port)
+        site.wait_for_certificate(other_than=None)
+        yield site
 
 
 # --- Getting the certificate ---------------------------------------------------------------

@@ -232,6 +232,33 @@ def test_ingress_streams_events_unbuffered(rendered: list[dict[str, Any]]):
         assert {prefix + "proxy-read-timeout", prefix + "proxy-send-timeout"} <= set(annotations)
 
 
+# The live updates (docs/live-updates.md): a stream that stays open, and its long-poll fallback.
+LIVE_PATHS = ("/books/stream/", "/books/updates/")
+
+
+def serving_ingress(rendered: list[dict[str, Any]], path: str) -> dict[str, Any]:
+    """The Ingress ingress-nginx sends a request path to: the longest Prefix path that matches it."""
+    candidates = [
+        (entry["path"], ingress)
+        for ingress in find(rendered, "Ingress")
+        for rule in ingress["spec"]["rules"]
+        for entry in rule["http"]["paths"]
+        if entry["pathType"] == "Prefix" and path.startswith(entry["path"])
+    ]
+    assert candidates, f"no Ingress serves {path}"
+    return max(candidates, key=lambda candidate: len(candidate[0]))[1]
+
+
+def test_ingress_passes_live_updates_unbuffered(rendered: list[dict[str, Any]]):
+    buffering = "nginx.ingress.kubernetes.io/proxy-buffering"
+    for path in LIVE_PATHS:
+        ingress = serving_ingress(rendered, path)
+        assert ingress["metadata"]["annotations"].get(buffering) == "off", (path, ingress["metadata"]["name"])
+    # ingress-nginx buffers nothing unless told (its default is "off", nginx's is "on"): each Ingress says which.
+    for ingress in find(rendered, "Ingress"):
+        assert ingress["metadata"]["annotations"].get(buffering) in {"on", "off"}, ingress["metadata"]["name"]
+
+
 def test_database_is_reachable_only_from_the_app(rendered: list[dict[str, Any]]):
     policies = find(rendered, "NetworkPolicy")
     assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] for p in policies)
@@ -313,6 +340,23 @@ def test_ecs_task_fits_fargate():
     assert service["taskDefinition"] == migrate_task["taskDefinition"] == task["family"]
     assert service["loadBalancers"][0]["containerPort"] == ecs.port
     assert service["deploymentConfiguration"]["minimumHealthyPercent"] == 100
+
+
+def test_ecs_load_balancer_attributes_match_the_elbv2_api_model():
+    model = botocore.session.get_session().get_service_model("elbv2")
+    data = target("ecs").notes["load_balancer"]
+    report = ParamValidator().validate(data, model.operation_model("ModifyLoadBalancerAttributes").input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+@pytest.mark.parametrize("name", ["fly", "ecs"])
+def test_the_proxy_closes_idle_connections_before_gunicorn(name: str):
+    """The proxy in front, not gunicorn, ends an idle connection: else it may send a request down one just closed."""
+    t = target(name)
+    keepalive = int(t.web.env.get("GUNICORN_KEEPALIVE", registry()["GUNICORN_KEEPALIVE"].default))
+    assert "/" in t.idle_timeouts, f"{name}: its files set the proxy's idle timeout"
+    idle = t.idle_timeouts["/"]
+    assert idle < keepalive, f"{name}: the proxy's idle timeout is {idle} s, GUNICORN_KEEPALIVE {keepalive} s"
 
 
 def test_fly_config():
@@ -445,3 +489,43 @@ def test_probes_and_migrations(name: str):
     # Migrations: a command of their own, never part of starting the app.
     assert t.migrate.command == MIGRATE
     assert t.web.command is None, "the app runs the image's CMD (gunicorn), which never migrates"
+
+
+# --- Long responses: the live stream, its long-poll, the /events/ demo -------------------------------
+# Where the files set a timeout (Render's Blueprint has none to set: docs/render.md).
+TIMEOUT_TARGETS = [*KUBERNETES_TARGETS, "cloud-run", "fly", "ecs"]
+
+
+def views_constant(name: str) -> int:
+    """A limit as app/books/views.py sets it (`NAME = number`)."""
+    match = re.search(rf"^{name} = (\d+)$", (ROOT / "app" / "books" / "views.py").read_text(), re.MULTILINE)
+    assert match, f"{name} is no longer set in app/books/views.py"
+    return int(match.group(1))
+
+
+def limit_for(limits: dict[str, float], path: str) -> float | None:
+    """The limit on a request path: that of the longest prefix matching it, as ingress-nginx picks."""
+    matching = [prefix for prefix in limits if path.startswith(prefix)]
+    return limits[max(matching, key=len)] if matching else None
+
+
+@pytest.mark.parametrize("name", TIMEOUT_TARGETS)
+def test_long_responses_outlast_the_hosts_timeouts(name: str):
+    """No host cuts the demo stream or a long-poll, nor the live stream for its silences (docs/<host>.md)."""
+    t = target(name)
+    assert t.response_timeouts or t.idle_timeouts, f"{name}: its files set no timeout on responses any more"
+    keepalive = registry().get("LIVE_KEEPALIVE")
+    assert keepalive and keepalive.default, "LIVE_KEEPALIVE and its default are documented in .env.example"
+    events = views_constant("MAX_EVENTS")  # /events/ sends one a second: its longest stream, in seconds
+    wait = views_constant("MAX_WAIT_SECONDS")  # the long-poll's longest wait
+    # The longest silence of each: the live stream sends a comment after LIVE_KEEPALIVE seconds.
+    silences = {"/books/stream/": float(keepalive.default), "/books/updates/": wait, "/events/": 1}
+    problems = []
+    for path, silence in silences.items():
+        whole = limit_for(t.response_timeouts, path)
+        if whole is not None and whole <= max(events, wait):
+            problems.append(f"{path}: ended after {whole} s, within the demo's {events} s or the long-poll's {wait} s")
+        idle = limit_for(t.idle_timeouts, path)
+        if idle is not None and idle <= silence:
+            problems.append(f"{path}: cut after {idle} s of silence, and it may be silent for {silence} s")
+    assert not problems, "\n".join(problems)

@@ -10,6 +10,8 @@ urlpatterns = [
     path("async/", views.AsyncView.as_view(), name="async"),
     path("books/", views.BookListView.as_view(), name="books"),
     path("books/embed/", views.embed, name="books-embed"),
+    path("books/stream/", views.book_stream, name="books-stream"),
+    path("books/updates/", views.book_updates, name="books-updates"),
     path("sync-wrapped/", views.sync_wrapped, name="sync-wrapped"),
     path("events/", views.events, name="events"),
 ]

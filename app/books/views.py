@@ -12,13 +12,17 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
+import threading
+import time
 from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
+from django.middleware.csrf import CsrfViewMiddleware, get_token
 from django.template.context_processors import csp
 from django.template.loader import render_to_string
 from django.utils.decorators import method_decorator
@@ -27,6 +31,7 @@ from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csp import csp_override, csp_report_only_override
 from django.views.decorators.csrf import csrf_exempt
 
+from books import live
 from books.models import TITLE_MAX_LENGTH, Book
 from core import draining
 
@@ -42,10 +47,29 @@ def bad_request(message: str) -> JsonResponse:
 
 
 async def index(request: HttpRequest) -> HttpResponse:
+    """The lessons, and the books live: the latest ones rendered here, newer ones from /books/stream/ (live.js)."""
     # render_to_string without the request: no context processor, so nothing
-    # here can reach the database from the event loop. The one the page needs,
-    # the CSP nonce for its inline script, is called by hand.
-    return HttpResponse(render_to_string("books/index.html", csp(request)))
+    # here can reach the database from the event loop. What the page needs is
+    # gathered by hand: the CSP nonce for its inline script, the books from the
+    # worker's live Hub (its memory: no query, no thread, as the stream sends
+    # them), the user through auser() (a query only for a visitor with a
+    # session), and for staff the CSRF token of the add form (get_token reads
+    # the cookie and sets it on the response).
+    shown = 50
+    books = await live.hub.latest(shown)
+    user = await request.auser()
+    can_add = user.is_authenticated and user.is_staff
+    context = {
+        **csp(request),
+        "books": books,
+        "shown": shown,
+        "last_id": books[0].id if books else 0,  # the stream resumes after it
+        "can_add": can_add,
+        "username": user.get_username() if can_add else "",
+        "csrf_token": get_token(request) if can_add else "",
+        "title_max_length": TITLE_MAX_LENGTH,
+    }
+    return HttpResponse(render_to_string("books/index.html", context))
 
 
 async def current_datetime(request: HttpRequest) -> HttpResponse:
@@ -98,6 +122,11 @@ class BookListView(View):
         return HttpResponse(",".join(titles), content_type="text/plain; charset=utf-8")
 
     async def post(self, request: HttpRequest) -> HttpResponse:
+        """A bearer token (the API: no cookies, no CSRF), or a staff session and a CSRF token (the live page)."""
+        if "Authorization" not in request.headers:
+            user = await request.auser()
+            if user.is_authenticated and user.is_staff:
+                return await self.post_from_session(request)
         if not settings.API_TOKEN:
             return JsonResponse({"error": "writes are disabled: no API_TOKEN is configured"}, status=403)
         if not _bearer_token_matches(request.headers.get("Authorization", ""), settings.API_TOKEN):
@@ -112,16 +141,147 @@ class BookListView(View):
             return bad_request("body must be JSON")
         if not isinstance(data, dict):
             return bad_request('body must be a JSON object like {"title": "..."}')
-        title = data.get("title")
-        if not isinstance(title, str) or not title.strip():
-            return bad_request("title must be a non-empty string")
-        if len(title) > TITLE_MAX_LENGTH:
-            return bad_request(f"title must be at most {TITLE_MAX_LENGTH} characters")
-        book = await Book.objects.acreate(title=title)
-        return JsonResponse(
-            {"id": book.id, "title": book.title, "created_at": book.created_at.isoformat()},
-            status=201,
-        )
+        return await _create(data.get("title"))
+
+    async def post_from_session(self, request: HttpRequest) -> HttpResponse:
+        # The view is csrf_exempt for the token's sake: a session must pass the
+        # check CsrfViewMiddleware would have made (no I/O: the cookie and the form).
+        refused = CsrfViewMiddleware(lambda request: HttpResponse()).process_view(request, None, (), {})
+        if refused is not None:
+            return refused
+        if request.content_type == "application/json":
+            try:
+                data = json.loads(request.body)
+            except (ValueError, RecursionError):
+                return bad_request("body must be JSON")
+            return await _create(data.get("title") if isinstance(data, dict) else None)
+        # The live page's form without JavaScript: back to the page, the book on it.
+        response = await _create(request.POST.get("title"))
+        return HttpResponseRedirect("/", status=303) if response.status_code == 201 else response
+
+
+async def _create(title: object) -> JsonResponse:
+    if not isinstance(title, str) or not title.strip():
+        return bad_request("title must be a non-empty string")
+    if len(title) > TITLE_MAX_LENGTH:
+        return bad_request(f"title must be at most {TITLE_MAX_LENGTH} characters")
+    book = await Book.objects.acreate(title=title)
+    return JsonResponse({"id": book.id, "title": book.title, "created_at": book.created_at.isoformat()}, status=201)
+
+
+# --- Live: new books as they are committed (books/live.py) ---------------------------------
+MAX_WAIT_SECONDS = 30
+DEFAULT_WAIT_SECONDS = 25
+
+
+def _book_id(raw: str, name: str) -> int | JsonResponse:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        return bad_request(f"{name} must be a book id: a whole number, 0 or more")
+    return int(raw)
+
+
+def _process_stats() -> dict[str, int]:
+    """This worker's open streams and OS threads: what the article promises, as numbers."""
+    try:
+        with open("/proc/self/status") as status:
+            threads = next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+    except (OSError, StopIteration):
+        threads = threading.active_count()
+    return {"pid": os.getpid(), "streams": len(live.hub.subscribers), "threads": threads}
+
+
+async def book_stream(request: HttpRequest) -> HttpResponse:
+    """Server-Sent Events of new books; resumes after Last-Event-ID (or ?after=), first replaying what was missed."""
+    raw = request.headers.get("Last-Event-ID", request.GET.get("after", "0")).strip()
+    after = _book_id(raw, "Last-Event-ID" if "Last-Event-ID" in request.headers else "after")
+    if isinstance(after, JsonResponse):
+        return after
+    with_stats = request.GET.get("stats") == "1"
+    subscriber = live.hub.subscribe()
+    try:
+        missed = await live.hub.backlog(after)
+    except BaseException:
+        live.hub.unsubscribe(subscriber)
+        raise
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield f"retry: {settings.LIVE_RETRY_MS}\n\n"
+            replayed = set()
+            if missed:
+                replayed.update(book.id for book in missed)
+                yield "".join(book.sse for book in missed)
+            quiet_until = time.monotonic() + settings.LIVE_KEEPALIVE
+            stats_at = time.monotonic() if with_stats else float("inf")
+            while True:
+                wake = min(quiet_until, stats_at)
+                try:
+                    async with asyncio.timeout(max(0.0, wake - time.monotonic())):
+                        item = await subscriber.queue.get()
+                except TimeoutError:
+                    if time.monotonic() >= stats_at:
+                        stats_at = time.monotonic() + settings.LIVE_STATS_INTERVAL
+                        yield f"event: stats\ndata: {json.dumps(_process_stats())}\n\n"
+                    else:  # a comment: proxies see traffic and keep the stream open
+                        yield ": keepalive\n\n"
+                    quiet_until = time.monotonic() + settings.LIVE_KEEPALIVE
+                    continue
+                if item == live.Signal.OVERFLOW:
+                    logger.info("books stream: the client fell behind; ended, it resumes from its last id")
+                    yield f"retry: {settings.LIVE_RETRY_MS}\n: behind; reconnect with Last-Event-ID\n\n"
+                    return
+                if item == live.Signal.DRAIN:
+                    yield ": the server is restarting; reconnect with Last-Event-ID\n\n"
+                    return
+                # What else is queued goes in the same write: a stream that falls
+                # behind catches up in fewer, larger writes.
+                batch = [item]
+                while not subscriber.queue.empty() and isinstance(batch[-1], live.BookEvent):
+                    batch.append(subscriber.queue.get_nowait())
+                ending = batch.pop() if isinstance(batch[-1], str) else None
+                text = "".join(book.sse for book in batch if book.id not in replayed)
+                if text:
+                    yield text
+                    quiet_until = time.monotonic() + settings.LIVE_KEEPALIVE
+                if ending is not None:
+                    await subscriber.queue.put(ending)
+        finally:
+            live.hub.unsubscribe(subscriber)
+
+    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def book_updates(request: HttpRequest) -> JsonResponse:
+    """Long-polling: the books after ?after=ID, or, when there are none yet, the first within ?wait=S seconds."""
+    after = _book_id(request.GET.get("after", "0"), "after")
+    if isinstance(after, JsonResponse):
+        return after
+    raw_wait = request.GET.get("wait", str(DEFAULT_WAIT_SECONDS))
+    if not DECIMAL.fullmatch(raw_wait) or not 0 <= float(raw_wait) <= MAX_WAIT_SECONDS:
+        return bad_request(f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS}")
+    subscriber = live.hub.subscribe()  # before looking: nothing committed in between is missed
+    try:
+        books = await live.hub.backlog(after)
+        if not books and float(raw_wait) > 0:
+            try:
+                async with asyncio.timeout(float(raw_wait)):
+                    while not books:
+                        item = await subscriber.queue.get()
+                        if isinstance(item, str):  # draining, or fell behind: answer now, the client asks again
+                            break
+                        books = [item] if item.id > after else []
+            except TimeoutError:
+                pass
+            while not subscriber.queue.empty():  # committed together: answered together
+                item = subscriber.queue.get_nowait()
+                if isinstance(item, live.BookEvent) and item.id > after and item not in books:
+                    books.append(item)
+    finally:
+        live.hub.unsubscribe(subscriber)
+    return JsonResponse({"books": [book.as_dict() for book in books], "last_id": books[-1].id if books else after})
 
 
 def _bearer_token_matches(header: str, expected: str) -> bool:

@@ -197,6 +197,22 @@ MIGRATE_LOCK_TRIES = env.int("DB_MIGRATE_LOCK_TRIES", default=5)
 MIGRATE_RETRY_PAUSE = env.float("DB_MIGRATE_RETRY_PAUSE", default=5.0)
 MIGRATE_STATEMENT_TIMEOUT = env.float("DB_MIGRATE_STATEMENT_TIMEOUT", default=60.0)
 
+# --- Live updates (books/live.py, docs/live-updates.md) ------------------------------------
+# Each worker keeps the last LIVE_BUFFER books in memory: a client resuming
+# from an id among them (Last-Event-ID) is caught up without a query.
+LIVE_BUFFER = env.int("LIVE_BUFFER", default=1000)
+# Books a stream may fall behind by before it is ended with a retry hint (the
+# client resumes from its last id) instead of buffering without bound.
+LIVE_QUEUE_SIZE = env.int("LIVE_QUEUE_SIZE", default=256)
+# Seconds of silence after which a stream sends a comment line, so that
+# proxies and load balancers (idle timeouts of 60 s are common) keep it open.
+LIVE_KEEPALIVE = env.float("LIVE_KEEPALIVE", default=15.0)
+# How long a client waits before reconnecting (the stream's `retry:` field).
+LIVE_RETRY_MS = int(env.float("LIVE_RETRY", default=2.0) * 1000)
+# Seconds between the worker's numbers (open streams, threads) on a stream
+# that asks for them (?stats=1, the live page).
+LIVE_STATS_INTERVAL = env.float("LIVE_STATS_INTERVAL", default=5.0)
+
 # --- Behind nginx (or another TLS-terminating proxy) ------------------------------
 # nginx overwrites X-Forwarded-Proto on every request (nginx/templates), so the
 # header can be trusted here; the app's port is reachable only through nginx.

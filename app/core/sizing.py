@@ -64,6 +64,12 @@ class ConnectionBudget:
         return 1
 
     @property
+    def per_worker(self) -> int:
+        # Its pool, and the one connection that LISTENs for live updates
+        # (books/live.py), outside the pool.
+        return self.pool_max + 1
+
+    @property
     def migrate(self) -> int:
         # The migrate step is one process with a pool like a worker's; it can
         # run beside a full set of replicas.
@@ -71,11 +77,12 @@ class ConnectionBudget:
 
     @property
     def total(self) -> int:
-        return (self.replicas + self.surge) * self.workers * self.pool_max + self.migrate + self.spare
+        return (self.replicas + self.surge) * self.workers * self.per_worker + self.migrate + self.spare
 
     def explain(self) -> str:
         return (
             f"(APP_REPLICAS {self.replicas} + {self.surge} during a rolling deploy) x {self.workers} workers "
-            f"(GUNICORN_WORKERS, else the container's CPU limit, APP_CPUS) x DB_POOL_MAX_SIZE {self.pool_max} "
-            f"+ {self.migrate} for the migrate step + DB_SPARE_CONNECTIONS {self.spare} = {self.total}"
+            f"(GUNICORN_WORKERS, else the container's CPU limit, APP_CPUS) x (DB_POOL_MAX_SIZE {self.pool_max} "
+            f"+ 1 listening for live updates) + {self.migrate} for the migrate step "
+            f"+ DB_SPARE_CONNECTIONS {self.spare} = {self.total}"
         )

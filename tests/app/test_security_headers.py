@@ -111,6 +111,8 @@ def test_the_csp_drop_in_never_hops(monkeypatch):
     assert f"'nonce-{nonce}'" in directives(response[ENFORCED])["script-src"]
 
 
+# The page lists the books from the worker's live Hub: memory, after one query of its own listener.
+@pytest.mark.django_db(transaction=True)
 def test_pages_take_no_thread_for_their_nonce():
     growth, results = thread_growth(ASGIHandler(), "/", b"", concurrency=50)
     assert all(status(r) == 200 for r in results)
@@ -118,6 +120,7 @@ def test_pages_take_no_thread_for_their_nonce():
 
 
 # --- Pages, as the server gets them ---------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)  # the page lists the books
 def test_a_page_carries_each_header_once_with_a_fresh_nonce(asgi):
     nonces = []
     for _ in range(2):
@@ -141,6 +144,7 @@ def test_a_page_without_a_script_gets_no_nonce(asgi):
     assert directives(one(response, ENFORCED))["script-src"] == "'self'"
 
 
+@pytest.mark.django_db(transaction=True)  # the page lists the books
 def test_report_only_mode(asgi):
     policy = settings.SECURE_CSP
     with override_settings(SECURE_CSP={}, SECURE_CSP_REPORT_ONLY=policy):

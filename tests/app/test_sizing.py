@@ -70,8 +70,8 @@ def test_a_bad_count_is_named(raw, error):
 # --- The sum ------------------------------------------------------------------------------
 def test_budget_counts_a_surging_replica_the_migrate_step_and_the_spare():
     budget = sizing.ConnectionBudget(replicas=2, workers=4, pool_max=10, spare=5)
-    assert budget.total == (2 + 1) * 4 * 10 + 10 + 5
-    assert budget.explain().endswith("= 135")
+    assert budget.total == (2 + 1) * 4 * (10 + 1) + 10 + 5
+    assert budget.explain().endswith("= 147")
     for name in ("APP_REPLICAS", "GUNICORN_WORKERS", "APP_CPUS", "DB_POOL_MAX_SIZE", "DB_SPARE_CONNECTIONS"):
         assert name in budget.explain()
 
@@ -93,7 +93,7 @@ def pool_max() -> int:
 
 def replicas_that_fit(workers: int, spare: int) -> int:
     """The largest APP_REPLICAS whose sum still fits the database."""
-    return (available() - pool_max() - spare) // (workers * pool_max()) - 1
+    return (available() - pool_max() - spare) // (workers * (pool_max() + 1)) - 1
 
 
 @pytest.mark.django_db
@@ -122,7 +122,7 @@ def test_the_last_replica_that_fits_and_the_first_that_does_not(monkeypatch):
     with override_settings(APP_REPLICAS=fits + 1, DB_SPARE_CONNECTIONS=5):
         (message,) = checks.database_connections_fit(None, databases=["default"])
     assert message.id == "core.E003" and message.is_serious()
-    total = (fits + 2) * 2 * pool_max() + pool_max() + 5
+    total = (fits + 2) * 2 * (pool_max() + 1) + pool_max() + 5
     assert f"may open {total} connections to database 'default', more than the {available()} it allows" in message.msg
     for name in ("APP_REPLICAS", "GUNICORN_WORKERS", "APP_CPUS", "DB_POOL_MAX_SIZE", "DB_SPARE_CONNECTIONS"):
         assert name in message.msg + message.hint

@@ -1,0 +1,245 @@
+"""New books, live, to every open stream: one LISTEN connection per worker, fanned out in memory.
+
+A trigger on books_book announces each committed book with NOTIFY (migration
+0002), whoever wrote it: the API, the admin, psql. Each worker's Hub holds one
+connection of its own (psycopg's async connection, outside Django's pool) that
+LISTENs, fetches each announced book once and hands it to the worker's
+subscribers: the streams and long-polls of books.views. Viewers cost the
+database nothing. The Hub keeps the last LIVE_BUFFER books, so a client that
+resumes from an id (Last-Event-ID) is caught up from memory; after a lost
+connection it reconnects by itself and announces what it missed. The design
+and its limits: docs/live-updates.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import heapq
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+
+import psycopg
+from django.conf import settings
+from django.db import connections
+from psycopg import sql
+
+from books.models import Book
+from core import draining
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "books_book_created"  # the trigger's, migration 0002
+# How the listening connections show in pg_stat_activity.
+APPLICATION_NAME = "books.live"
+COLUMNS = ("id", "title", "created_at")
+PAGE = 500  # books per query when catching up
+_SELECT = sql.SQL("SELECT id, title, created_at FROM {table} ").format(table=sql.Identifier(Book._meta.db_table))
+SELECT_IDS = _SELECT + sql.SQL("WHERE id = ANY(%s) ORDER BY id")
+SELECT_LATEST = _SELECT + sql.SQL("ORDER BY id DESC LIMIT %s")
+SELECT_AFTER = _SELECT + sql.SQL("WHERE id > %s ORDER BY id LIMIT %s")
+
+
+@dataclass(frozen=True)
+class BookEvent:
+    id: int
+    title: str
+    created_at: str  # ISO 8601, UTC, as the API answers it
+
+    @classmethod
+    def from_row(cls, row: tuple) -> BookEvent:
+        book_id, title, created_at = row
+        return cls(book_id, title, created_at.astimezone(datetime.UTC).isoformat())
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.id, "title": self.title, "created_at": self.created_at}
+
+    @cached_property
+    def sse(self) -> str:
+        """The book as one Server-Sent Event: built once, sent to every subscriber."""
+        return f"id: {self.id}\nevent: book\ndata: {json.dumps(self.as_dict())}\n\n"
+
+
+class Signal:
+    """What a subscriber's queue holds besides books."""
+
+    OVERFLOW = "overflow"  # it fell behind: its stream ends with a retry hint
+    DRAIN = "drain"  # the server is shutting down
+
+
+class Subscriber:
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[BookEvent | str] = asyncio.Queue(maxsize=size)
+        self.ended = False
+
+    def offer(self, item: BookEvent | str) -> None:
+        if self.ended:
+            return
+        if isinstance(item, str):  # a signal ends the subscription: it must get through
+            self._end(item)
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._end(Signal.OVERFLOW)
+
+    def _end(self, signal: str) -> None:
+        self.ended = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(signal)
+
+
+class Hub:
+    """This worker's LISTEN connection, its recent books and its subscribers."""
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+        self.recent: OrderedDict[int, BookEvent] = OrderedDict()
+        # Every book with an id above `floor` is in `recent` (None: not known,
+        # while the listener is not connected).
+        self.floor: int | None = None
+        self.last_id = 0
+        self.task: asyncio.Task[None] | None = None
+        self.drain_task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- Subscribers -------------------------------------------------------------------
+    def subscribe(self) -> Subscriber:
+        self._start()
+        subscriber = Subscriber(settings.LIVE_QUEUE_SIZE)
+        if draining.is_draining():
+            subscriber.offer(Signal.DRAIN)
+        self.subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+
+    async def _wait_ready(self) -> None:
+        self._start()
+        if not self.ready.is_set():
+            try:  # the listener's first connection, usually a few milliseconds away
+                async with asyncio.timeout(settings.DATABASES["default"]["OPTIONS"]["connect_timeout"]):
+                    await self.ready.wait()
+            except TimeoutError:
+                pass
+
+    async def latest(self, count: int) -> list[BookEvent]:
+        """The newest `count` books, newest first: from memory when it has them, else from the database."""
+        await self._wait_ready()
+        if self.ready.is_set() and self.floor is not None and (self.floor == 0 or len(self.recent) >= count):
+            return heapq.nlargest(count, self.recent.values(), key=lambda book: book.id)
+        rows = Book.objects.order_by("-id").values_list(*COLUMNS)[:count]
+        return [BookEvent.from_row(row) async for row in rows]
+
+    async def backlog(self, after: int) -> list[BookEvent]:
+        """The books with an id above `after`, in order: from memory when it has them all, else from the database."""
+        await self._wait_ready()
+        if self.ready.is_set() and self.floor is not None and after >= self.floor:
+            return [book for book_id, book in self.recent.items() if book_id > after]
+        found: list[BookEvent] = []
+        while True:
+            rows = Book.objects.filter(id__gt=after).order_by("id").values_list(*COLUMNS)[:PAGE]
+            page = [BookEvent.from_row(row) async for row in rows]
+            found += page
+            if len(page) < PAGE:
+                return found
+            after = page[-1].id
+
+    # --- The listener -------------------------------------------------------------------
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.task is not None and not self.task.done() and self.loop is loop:
+            return
+        if self.loop is not loop:  # a worker has one loop for life; tests run a loop per request
+            self.recent.clear()
+            self.floor, self.last_id = None, 0
+        self.loop, self.ready = loop, asyncio.Event()
+        self.task = loop.create_task(self._listen(), name="books.live listener")
+        self.drain_task = loop.create_task(self._end_on_drain(), name="books.live drain")
+
+    async def _end_on_drain(self) -> None:
+        while not await draining.sleep(3600):
+            pass
+        for subscriber in list(self.subscribers):
+            subscriber.offer(Signal.DRAIN)
+
+    async def _listen(self) -> None:
+        pause = 0.5
+        while True:
+            try:
+                params = connections["default"].get_connection_params()
+                params.pop("cursor_factory", None)  # Django's sync cursor class
+                params["application_name"] = APPLICATION_NAME
+                async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as connection:
+                    await connection.execute(f"LISTEN {CHANNEL}")
+                    await self._catch_up(connection)
+                    self.ready.set()
+                    if pause > 0.5:
+                        logger.info("live: listening again; books up to id %d announced", self.last_id)
+                    pause = 0.5
+                    await self._relay(connection)
+            except (psycopg.Error, OSError) as error:
+                self.ready.clear()
+                self.floor = None
+                logger.warning("live: lost the database (%s); listening again in %.1f s", error, pause)
+            except Exception:  # a bug: logged, and the listener goes on rather than leave streams silent
+                self.ready.clear()
+                self.floor = None
+                logger.exception("live: the listener failed; listening again in %.1f s", pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    async def _relay(self, connection: psycopg.AsyncConnection) -> None:
+        while True:
+            ids = [int(n.payload) async for n in connection.notifies(timeout=30, stop_after=1)]
+            if not ids:  # 30 s of quiet: make sure the connection still answers
+                await connection.execute("SELECT 1")
+                continue
+            rows = await connection.execute(SELECT_IDS, [ids])
+            self._publish(BookEvent.from_row(row) for row in await rows.fetchall())
+
+    async def _catch_up(self, connection: psycopg.AsyncConnection) -> None:
+        """After (re)connecting: the recent books, or every book committed since the last one announced."""
+        if self.last_id == 0:
+            cursor = await connection.execute(SELECT_LATEST, [settings.LIVE_BUFFER])
+            rows = list(reversed(await cursor.fetchall()))
+            self._remember(BookEvent.from_row(row) for row in rows)
+            self.floor = rows[0][0] - 1 if len(rows) == settings.LIVE_BUFFER else 0
+            self.last_id = rows[-1][0] if rows else 0
+            return
+        while True:
+            cursor = await connection.execute(SELECT_AFTER, [self.last_id, PAGE])
+            rows = await cursor.fetchall()
+            self._publish(BookEvent.from_row(row) for row in rows)
+            if len(rows) < PAGE:
+                break
+        oldest = next(iter(self.recent), None)
+        self.floor = oldest - 1 if oldest is not None and len(self.recent) >= settings.LIVE_BUFFER else 0
+
+    def _remember(self, books: Iterable[BookEvent]) -> list[BookEvent]:
+        new = []
+        for book in books:
+            if book.id in self.recent:
+                continue  # announced twice (committed while the listener started): once is enough
+            self.recent[book.id] = book
+            new.append(book)
+            self.last_id = max(self.last_id, book.id)
+        while len(self.recent) > settings.LIVE_BUFFER:
+            dropped, _ = self.recent.popitem(last=False)
+            self.floor = max(self.floor or 0, dropped)
+        return new
+
+    def _publish(self, books: Iterable[BookEvent]) -> None:
+        for book in self._remember(books):
+            for subscriber in list(self.subscribers):
+                subscriber.offer(book)
+
+
+hub = Hub()
