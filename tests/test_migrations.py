@@ -43,7 +43,9 @@ def probe_applied(stack: Stack) -> bool:
     column = stack.psql(
         "SELECT count(*) FROM information_schema.columns WHERE table_name = 'books_book' AND column_name = 'probe'"
     )
-    recorded = stack.psql("SELECT count(*) FROM django_migrations WHERE app = 'books' AND name LIKE '0002_%'")
+    recorded = stack.psql(
+        "SELECT count(*) FROM django_migrations WHERE app = 'books' AND name = '0002_add_probe_column'"
+    )
     return (column, recorded) != ("0", "0")
 
 
