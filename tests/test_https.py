@@ -110,18 +110,26 @@ class Site:
         return self.stack.exec("acme", *ACME, *args, check=check)
 
     def wait_for_certificate(self, other_than: int | None, timeout: float = 60) -> x509.Certificate:
-        """The served certificate once Pebble's (not the placeholder) and not the one with serial `other_than`."""
+        """The served certificate once Pebble's (not the placeholder) and not the one with serial `other_than`,
+        on every new connection for a second: for a moment after a reload, nginx's old workers may still
+        accept one (reuseport) and answer with the certificate they started with."""
         deadline = time.monotonic() + timeout
+        settled_since: float | None = None
         while True:
             try:
                 served = self.certificate()
-                if served.serial_number != other_than:
-                    return served
+                fresh = served.serial_number != other_than
             except (ssl.SSLError, OSError):  # the placeholder, which Pebble's root does not sign
-                pass
+                fresh = False
+            if not fresh:
+                settled_since = None
+            elif settled_since is None:
+                settled_since = time.monotonic()
+            elif time.monotonic() - settled_since >= 1.0:
+                return served
             if time.monotonic() > deadline:
                 raise AssertionError(f"no new certificate within {timeout} s:\n{self.stack.logs('acme')[-3000:]}")
-            time.sleep(0.5)
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
