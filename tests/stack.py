@@ -54,7 +54,13 @@ def http_request(
     timeout: float = 15,
 ) -> Response:
     """One HTTP/1.1 request to 127.0.0.1:port; repeated response headers (Set-Cookie) joined by newlines."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    return exchange(http.client.HTTPConnection("127.0.0.1", port, timeout=timeout), method, path, body, headers)
+
+
+def exchange(
+    conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None, headers: dict[str, str] | None
+) -> Response:
+    """One request on `conn` (HTTP or HTTPS), which it then closes; header names in lower case."""
     try:
         conn.request(method, path, body=body, headers=headers or {})
         raw = conn.getresponse()

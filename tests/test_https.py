@@ -35,7 +35,7 @@ from sslyze.mozilla_tls_profile.tls_config_checker import (
 from sslyze.plugins.scan_commands import ScanCommand
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
 
-from tests.stack import ROOT, Response, Stack, free_port
+from tests.stack import ROOT, Response, Stack, exchange, free_port, http_request
 
 NAMES = ("blueprint.test", "www.blueprint.test")
 # sslyze's own copy of Mozilla's trust store holds a root with a serial cryptography frowns upon.
@@ -89,22 +89,10 @@ class Site:
         return Connection(name, self.https_port, timeout=timeout)
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> Response:
-        conn = self.connection()
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            raw = conn.getresponse()
-            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
-        finally:
-            conn.close()
+        return exchange(self.connection(), method, path, body, headers)
 
     def plain(self, path: str, name: str = NAMES[0]) -> Response:
-        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=15)
-        try:
-            conn.request("GET", path, headers={"Host": name})
-            raw = conn.getresponse()
-            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
-        finally:
-            conn.close()
+        return http_request(self.http_port, "GET", path, headers={"Host": name})
 
     def acme(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return self.stack.exec("acme", *ACME, *args, check=check)

@@ -185,14 +185,13 @@ class Hub:
                         logger.info("live: listening again; books up to id %d announced", self.last_id)
                     pause = 0.5
                     await self._relay(connection)
-            except (psycopg.Error, OSError) as error:
+            except Exception as error:  # the database gone, or a bug: either way the listener goes on
                 self.ready.clear()
                 self.floor = None
-                logger.warning("live: lost the database (%s); listening again in %.1f s", error, pause)
-            except Exception:  # a bug: logged, and the listener goes on rather than leave streams silent
-                self.ready.clear()
-                self.floor = None
-                logger.exception("live: the listener failed; listening again in %.1f s", pause)
+                if isinstance(error, (psycopg.Error, OSError)):
+                    logger.warning("live: lost the database (%s); listening again in %.1f s", error, pause)
+                else:
+                    logger.exception("live: the listener failed; listening again in %.1f s", pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
@@ -209,17 +208,15 @@ class Hub:
         """After (re)connecting: the recent books, or every book committed since the last one announced."""
         if self.last_id == 0:
             cursor = await connection.execute(SELECT_LATEST, [settings.LIVE_BUFFER])
-            rows = list(reversed(await cursor.fetchall()))
-            self._remember(BookEvent.from_row(row) for row in rows)
-            self.floor = rows[0][0] - 1 if len(rows) == settings.LIVE_BUFFER else 0
-            self.last_id = rows[-1][0] if rows else 0
-            return
-        while True:
-            cursor = await connection.execute(SELECT_AFTER, [self.last_id, PAGE])
-            rows = await cursor.fetchall()
-            self._publish(BookEvent.from_row(row) for row in rows)
-            if len(rows) < PAGE:
-                break
+            self._remember(BookEvent.from_row(row) for row in reversed(await cursor.fetchall()))
+        else:
+            while True:
+                cursor = await connection.execute(SELECT_AFTER, [self.last_id, PAGE])
+                rows = await cursor.fetchall()
+                self._publish(BookEvent.from_row(row) for row in rows)
+                if len(rows) < PAGE:
+                    break
+        # Every book above the floor is in memory: all of them, until the buffer is full.
         oldest = next(iter(self.recent), None)
         self.floor = oldest - 1 if oldest is not None and len(self.recent) >= settings.LIVE_BUFFER else 0
 
