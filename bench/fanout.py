@@ -10,7 +10,9 @@ every --interval s for --seconds. Latency runs from the book's created_at
 here; a stream that ends is resumed with Last-Event-ID, as EventSource does.
 It samples the app containers' memory and threads, Postgres' connections and
 everyone's CPU time (docker exec), and stops by itself within a hard time
-limit. Standard library only; bench/__main__.py runs it as workload `fanout`.
+limit. The standard library, on uvloop when it is installed (requirements/
+bench.txt): the client shares the machine with what it measures, so it
+should cost as little as it can. bench/__main__.py runs it as workload `fanout`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
+import struct
 import subprocess
 import sys
 import threading
@@ -30,6 +34,11 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.sample import usage
+
+try:
+    import uvloop
+except ImportError:  # run outside bench/run's environment: the standard loop, slower
+    uvloop = None  # type: ignore[assignment]
 
 STREAM_PATH = "/books/stream/"
 BOOKS_PATH = "/books/"
@@ -56,6 +65,11 @@ for p in pathlib.Path('/proc').glob('[0-9]*'):
 """
 # A container's CPU time so far: cgroup v2, else v1 (nanoseconds).
 CPU_SCRIPT = "cat /sys/fs/cgroup/cpu.stat 2>/dev/null || cat /sys/fs/cgroup/cpuacct/cpuacct.usage"
+# What the client reads of each event (books/views.py writes them): the
+# id of a book event, and the retry field. A regular expression over every
+# complete event at once: the client costs a few µs an event, not tens.
+BOOK_IDS = re.compile(rb"^id: ?([0-9]+)\nevent: ?book$", re.MULTILINE)
+RETRY = re.compile(rb"^retry: ?([0-9]+)$", re.MULTILINE)
 WARM_UP_BOOKS = 20  # before the idle sample: the threads and connections that writes need, already there
 CONNECTING_AT_ONCE = 100  # connections being opened at any moment: a crowd, not a flood of SYNs
 POSTS_IN_FLIGHT = 20  # a tick finding this many POSTs unanswered is skipped (and counted)
@@ -192,26 +206,16 @@ class StreamProtocol(asyncio.Protocol):
         del buf[:pos]
 
     def _parse_events(self, now: float) -> None:
-        events, start = self.events, 0
-        while True:
-            end = events.find(b"\n\n", start)
-            if end < 0:
-                break
-            book_id, kind = None, b"message"
-            for line in bytes(events[start:end]).split(b"\n"):
-                name, _, value = line.partition(b":")
-                value = value[1:] if value.startswith(b" ") else value
-                if name == b"id":
-                    book_id = int(value)
-                elif name == b"event":
-                    kind = value
-                elif name == b"retry" and value.isdigit():
-                    self.subscriber.retry_s = int(value) / 1000
-            start = end + 2
-            if kind == b"book" and book_id is not None:
-                self.subscriber.record(book_id, now)
-        if start:
-            del events[:start]
+        """The complete events in self.events: the books' ids and any retry field (the server's format, one pass)."""
+        events = self.events
+        end = events.rfind(b"\n\n") + 2
+        if end >= 2:
+            block = bytes(events[:end])
+            del events[:end]
+            for book_id in BOOK_IDS.findall(block):
+                self.subscriber.record(int(book_id), now)
+            if b"retry:" in block:
+                self.subscriber.retry_s = int(RETRY.findall(block)[-1]) / 1000
         if not self.started.done():  # the first bytes of the body: the view has subscribed
             self.started.set_result(None)
 
@@ -261,6 +265,7 @@ DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0x0, 0x1, 0x3
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 STATUS_200 = 0x88  # HPACK: static table entry 8, ":status: 200"
 MAX_WINDOW = 2**31 - 1
+FRAME_HEADER = struct.Struct(">HBBBL")  # a 24-bit length as 16 + 8 bits, type, flags, stream id
 
 
 def h2_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -338,16 +343,15 @@ class H2Connection(asyncio.Protocol):
         now = time.time()
         buf = self.buffer
         buf += data
-        pos = 0
-        while len(buf) - pos >= 9:
-            length = int.from_bytes(buf[pos : pos + 3], "big")
-            if len(buf) - pos < 9 + length:
+        pos, size = 0, len(buf)
+        while size - pos >= 9:
+            high, low, kind, flags, stream_id = FRAME_HEADER.unpack_from(buf, pos)
+            length = high << 8 | low
+            if size - pos < 9 + length:
                 break
-            kind, flags = buf[pos + 3], buf[pos + 4]
-            stream_id = int.from_bytes(buf[pos + 5 : pos + 9], "big") & MAX_WINDOW
             payload = bytes(buf[pos + 9 : pos + 9 + length])
             pos += 9 + length
-            self.frame(kind, flags, stream_id, payload, now)
+            self.frame(kind, flags, stream_id & MAX_WINDOW, payload, now)
         del buf[:pos]
 
     def frame(self, kind: int, flags: int, stream_id: int, payload: bytes, now: float) -> None:
@@ -859,7 +863,7 @@ def line(outcome: Outcome) -> str:
 
 
 def run(config: Config, probe: Probe | None = None) -> Outcome:
-    return asyncio.run(fan_out(config, probe))
+    return (uvloop.run if uvloop is not None else asyncio.run)(fan_out(config, probe))
 
 
 def main(argv: list[str]) -> int:

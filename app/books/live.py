@@ -18,7 +18,7 @@ import datetime
 import heapq
 import json
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -59,39 +59,72 @@ class BookEvent:
         return {"id": self.id, "title": self.title, "created_at": self.created_at}
 
     @cached_property
-    def sse(self) -> str:
-        """The book as one Server-Sent Event: built once, sent to every subscriber."""
-        return f"id: {self.id}\nevent: book\ndata: {json.dumps(self.as_dict())}\n\n"
+    def sse(self) -> bytes:
+        """The book as one Server-Sent Event: built and encoded once, sent to every subscriber."""
+        return f"id: {self.id}\nevent: book\ndata: {json.dumps(self.as_dict())}\n\n".encode()
 
 
 class Signal:
-    """What a subscriber's queue holds besides books."""
+    """What a subscriber is offered besides books."""
 
     OVERFLOW = "overflow"  # it fell behind: its stream ends with a retry hint
     DRAIN = "drain"  # the server is shutting down
+    ENDING = (OVERFLOW, DRAIN)
+    KEEPALIVE = "keepalive"  # time for a stream's comment line (the Hub's clock, every LIVE_KEEPALIVE s)
+    STATS = "stats"  # time for the worker's numbers, to a stream that asked for them
 
 
 class Subscriber:
-    def __init__(self, size: int) -> None:
-        self.queue: asyncio.Queue[BookEvent | str] = asyncio.Queue(maxsize=size)
+    """A stream's or a long-poll's inbox: books and signals, bounded.
+
+    Not an asyncio.Queue: the waiting task takes everything offered at once,
+    and no per-wait timer is armed (the Hub's clock offers KEEPALIVE), which
+    is most of what an event costs a worker with thousands of streams.
+    """
+
+    def __init__(self, size: int, clock: Iterable[str] = ()) -> None:
+        self.size = size  # books it may hold
+        self.clock = frozenset(clock)  # the Hub's clock signals it is offered: KEEPALIVE, STATS
+        self.items: deque[BookEvent | str] = deque()
         self.ended = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: BookEvent | str) -> None:
         if self.ended:
             return
-        if isinstance(item, str):  # a signal ends the subscription: it must get through
+        if isinstance(item, BookEvent):
+            if len(self.items) >= self.size:
+                self._end(Signal.OVERFLOW)
+                return
+        elif item in Signal.ENDING:  # a signal that ends the subscription: it must get through
             self._end(item)
             return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self._end(Signal.OVERFLOW)
+        elif item in self.items:  # a clock signal not yet taken: once is enough
+            return
+        self.items.append(item)
+        self._wake()
 
     def _end(self, signal: str) -> None:
         self.ended = True
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(signal)
+        self.items.clear()
+        self.items.append(signal)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self) -> list[BookEvent | str]:
+        """Everything offered so far, in order; waits for the first."""
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items = list(self.items)
+        self.items.clear()
+        return items
 
 
 class Hub:
@@ -105,14 +138,15 @@ class Hub:
         self.floor: int | None = None
         self.last_id = 0
         self.task: asyncio.Task[None] | None = None
-        self.drain_task: asyncio.Task[None] | None = None
+        self.clock_tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- Subscribers -------------------------------------------------------------------
-    def subscribe(self) -> Subscriber:
+    def subscribe(self, clock: Iterable[str] = ()) -> Subscriber:
+        """A new inbox, offered every book from now on and the clock signals named."""
         self._start()
-        subscriber = Subscriber(settings.LIVE_QUEUE_SIZE)
+        subscriber = Subscriber(settings.LIVE_QUEUE_SIZE, clock)
         if draining.is_draining():
             subscriber.offer(Signal.DRAIN)
         self.subscribers.add(subscriber)
@@ -162,11 +196,17 @@ class Hub:
             self.floor, self.last_id = None, 0
         self.loop, self.ready = loop, asyncio.Event()
         self.task = loop.create_task(self._listen(), name="books.live listener")
-        self.drain_task = loop.create_task(self._end_on_drain(), name="books.live drain")
+        self.clock_tasks = [
+            loop.create_task(self._clock(Signal.KEEPALIVE, "LIVE_KEEPALIVE"), name="books.live keepalive"),
+            loop.create_task(self._clock(Signal.STATS, "LIVE_STATS_INTERVAL"), name="books.live stats"),
+        ]
 
-    async def _end_on_drain(self) -> None:
-        while not await draining.sleep(3600):
-            pass
+    async def _clock(self, signal: str, setting: str) -> None:
+        """Offers `signal` every settings.<setting> seconds to whoever wants it; DRAIN to all on the drain."""
+        while not await draining.sleep(getattr(settings, setting)):
+            for subscriber in list(self.subscribers):
+                if signal in subscriber.clock:
+                    subscriber.offer(signal)
         for subscriber in list(self.subscribers):
             subscriber.offer(Signal.DRAIN)
 

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
@@ -180,14 +179,15 @@ def _book_id(raw: str, name: str) -> int | JsonResponse:
     return int(raw)
 
 
-def _process_stats() -> dict[str, int]:
-    """This worker's open streams and OS threads: what the article promises, as numbers."""
+def _stats_event() -> bytes:
+    """This worker's open streams and OS threads, what the article promises, as an event."""
     try:
         with open("/proc/self/status") as status:
             threads = next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
     except (OSError, StopIteration):
         threads = threading.active_count()
-    return {"pid": os.getpid(), "streams": len(live.hub.subscribers), "threads": threads}
+    stats = {"pid": os.getpid(), "streams": len(live.hub.subscribers), "threads": threads}
+    return f"event: stats\ndata: {json.dumps(stats)}\n\n".encode()
 
 
 async def book_stream(request: HttpRequest) -> HttpResponse:
@@ -197,54 +197,46 @@ async def book_stream(request: HttpRequest) -> HttpResponse:
     if isinstance(after, JsonResponse):
         return after
     with_stats = request.GET.get("stats") == "1"
-    subscriber = live.hub.subscribe()
+    # The Hub's clock offers the keepalive (and the numbers) to every stream
+    # at once: no timer per stream, none re-armed per book.
+    clock = (live.Signal.KEEPALIVE, live.Signal.STATS) if with_stats else (live.Signal.KEEPALIVE,)
+    subscriber = live.hub.subscribe(clock)
     try:
         missed = await live.hub.backlog(after)
     except BaseException:
         live.hub.unsubscribe(subscriber)
         raise
 
-    async def stream() -> AsyncIterator[str]:
+    async def stream() -> AsyncIterator[bytes]:
         try:
-            yield f"retry: {settings.LIVE_RETRY_MS}\n\n"
-            replayed = set()
-            if missed:
-                replayed.update(book.id for book in missed)
-                yield "".join(book.sse for book in missed)
-            quiet_until = time.monotonic() + settings.LIVE_KEEPALIVE
-            stats_at = time.monotonic() if with_stats else float("inf")
+            opening = [f"retry: {settings.LIVE_RETRY_MS}\n\n".encode()]
+            replayed = {book.id for book in missed}
+            opening += [book.sse for book in missed]
+            if with_stats:
+                opening.append(_stats_event())
+            yield b"".join(opening)
             while True:
-                wake = min(quiet_until, stats_at)
-                try:
-                    async with asyncio.timeout(max(0.0, wake - time.monotonic())):
-                        item = await subscriber.queue.get()
-                except TimeoutError:
-                    if time.monotonic() >= stats_at:
-                        stats_at = time.monotonic() + settings.LIVE_STATS_INTERVAL
-                        yield f"event: stats\ndata: {json.dumps(_process_stats())}\n\n"
-                    else:  # a comment: proxies see traffic and keep the stream open
-                        yield ": keepalive\n\n"
-                    quiet_until = time.monotonic() + settings.LIVE_KEEPALIVE
-                    continue
-                if item == live.Signal.OVERFLOW:
-                    logger.info("books stream: the client fell behind; ended, it resumes from its last id")
-                    yield f"retry: {settings.LIVE_RETRY_MS}\n: behind; reconnect with Last-Event-ID\n\n"
-                    return
-                if item == live.Signal.DRAIN:
-                    yield ": the server is restarting; reconnect with Last-Event-ID\n\n"
-                    return
-                # What else is queued goes in the same write: a stream that falls
-                # behind catches up in fewer, larger writes.
-                batch = [item]
-                while not subscriber.queue.empty() and isinstance(batch[-1], live.BookEvent):
-                    batch.append(subscriber.queue.get_nowait())
-                ending = batch.pop() if isinstance(batch[-1], str) else None
-                text = "".join(book.sse for book in batch if book.id not in replayed)
-                if text:
-                    yield text
-                    quiet_until = time.monotonic() + settings.LIVE_KEEPALIVE
-                if ending is not None:
-                    await subscriber.queue.put(ending)
+                # Whatever has arrived goes in one write: a stream that falls
+                # behind catches up in fewer, larger writes. Bytes, so that
+                # Django passes each write on without encoding it again.
+                parts = []
+                for item in await subscriber.take():
+                    if isinstance(item, live.BookEvent):
+                        if item.id not in replayed:
+                            parts.append(item.sse)
+                    elif item == live.Signal.KEEPALIVE:  # a comment: proxies see traffic and keep the stream open
+                        parts.append(b": keepalive\n\n")
+                    elif item == live.Signal.STATS:
+                        parts.append(_stats_event())
+                    elif item == live.Signal.OVERFLOW:
+                        logger.info("books stream: the client fell behind; ended, it resumes from its last id")
+                        yield f"retry: {settings.LIVE_RETRY_MS}\n: behind; reconnect with Last-Event-ID\n\n".encode()
+                        return
+                    else:  # Signal.DRAIN
+                        yield b"".join([*parts, b": the server is restarting; reconnect with Last-Event-ID\n\n"])
+                        return
+                if parts:
+                    yield b"".join(parts)
         finally:
             live.hub.unsubscribe(subscriber)
 
@@ -269,16 +261,13 @@ async def book_updates(request: HttpRequest) -> JsonResponse:
             try:
                 async with asyncio.timeout(float(raw_wait)):
                     while not books:
-                        item = await subscriber.queue.get()
-                        if isinstance(item, str):  # draining, or fell behind: answer now, the client asks again
+                        # Books committed together are answered together.
+                        items = await subscriber.take()
+                        books = [item for item in items if isinstance(item, live.BookEvent) and item.id > after]
+                        if not books and items[-1] in live.Signal.ENDING:  # answer now, the client asks again
                             break
-                        books = [item] if item.id > after else []
             except TimeoutError:
                 pass
-            while not subscriber.queue.empty():  # committed together: answered together
-                item = subscriber.queue.get_nowait()
-                if isinstance(item, live.BookEvent) and item.id > after and item not in books:
-                    books.append(item)
     finally:
         live.hub.unsubscribe(subscriber)
     return JsonResponse({"books": [book.as_dict() for book in books], "last_id": books[-1].id if books else after})

@@ -204,8 +204,9 @@ LIVE_BUFFER = env.int("LIVE_BUFFER", default=1000)
 # Books a stream may fall behind by before it is ended with a retry hint (the
 # client resumes from its last id) instead of buffering without bound.
 LIVE_QUEUE_SIZE = env.int("LIVE_QUEUE_SIZE", default=256)
-# Seconds of silence after which a stream sends a comment line, so that
-# proxies and load balancers (idle timeouts of 60 s are common) keep it open.
+# Seconds between a stream's comment lines (sent to every stream at once, busy
+# or not), so that proxies and load balancers (idle timeouts of 60 s are
+# common) keep it open.
 LIVE_KEEPALIVE = env.float("LIVE_KEEPALIVE", default=15.0)
 # How long a client waits before reconnecting (the stream's `retry:` field).
 LIVE_RETRY_MS = int(env.float("LIVE_RETRY", default=2.0) * 1000)

@@ -12,11 +12,15 @@ and sends it as one write at the end of that turn, before the connection
 closes, or as soon as 64 KiB are held. Nothing waits for anything else: a
 streamed response's head still goes out in the turn it was sent, so an SSE
 client sees its headers at once, and a large body still meets backpressure.
+One callback a turn flushes every connection written to in it (_Flusher): an
+event sent to thousands of open streams costs a write each, not a write and
+a callback each.
 
 uvicorn's `http` setting takes the protocol class: https://www.uvicorn.org/settings/#implementation
 """
 
 import asyncio
+import weakref
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -26,18 +30,45 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 FLUSH_AT_BYTES = 64 * 1024
 
 
+class _Flusher:
+    """Flushes, at the end of this turn of the event loop, every transport written to in it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._held: list[CoalescingTransport] = []
+
+    def hold(self, transport: "CoalescingTransport") -> None:
+        if not self._held:
+            self._loop.call_soon(self._flush_all)
+        self._held.append(transport)
+
+    def _flush_all(self) -> None:
+        held, self._held = self._held, []
+        for transport in held:
+            transport.flush()  # in the order they were written to
+
+
+_flushers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher]" = weakref.WeakKeyDictionary()
+
+
+def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    if loop not in _flushers:
+        _flushers[loop] = _Flusher(loop)
+    return _flushers[loop]
+
+
 class CoalescingTransport:
     """A transport whose writes within one turn of the event loop leave as one."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
-        self._loop = loop
+        self._flusher = _flusher(loop)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
 
     def write(self, data: bytes) -> None:
         if not self._pending:
-            self._loop.call_soon(self.flush)
+            self._flusher.hold(self)
         self._pending.append(bytes(data))
         self._pending_bytes += len(data)
         if self._pending_bytes >= FLUSH_AT_BYTES:

@@ -168,14 +168,34 @@ def test_a_stream_that_falls_behind_is_ended_with_a_retry_hint(asgi):
 
 
 def test_a_subscriber_holds_a_bounded_queue():
-    subscriber = live.Subscriber(3)
-    for n in range(3):
-        subscriber.offer(live.BookEvent(n, "t", "c"))
-    assert subscriber.queue.qsize() == 3 and not subscriber.ended
-    subscriber.offer(live.BookEvent(3, "t", "c"))
-    assert subscriber.ended and subscriber.queue.get_nowait() == live.Signal.OVERFLOW and subscriber.queue.empty()
-    subscriber.offer(live.BookEvent(4, "t", "c"))  # ended: nothing more
-    assert subscriber.queue.empty()
+    subscriber = live.Subscriber(3, clock=(live.Signal.KEEPALIVE,))
+    books = [live.BookEvent(n, "t", "c") for n in range(5)]
+    for book in books[:3]:
+        subscriber.offer(book)
+    subscriber.offer(live.Signal.KEEPALIVE)
+    subscriber.offer(live.Signal.KEEPALIVE)  # not yet taken: once is enough
+    assert list(subscriber.items) == [*books[:3], live.Signal.KEEPALIVE] and not subscriber.ended
+    subscriber.offer(books[3])
+    assert subscriber.ended and list(subscriber.items) == [live.Signal.OVERFLOW]
+    subscriber.offer(books[4])  # ended: nothing more
+    subscriber.offer(live.Signal.DRAIN)
+    assert asyncio.run(subscriber.take()) == [live.Signal.OVERFLOW] and not subscriber.items
+
+
+def test_a_subscriber_waits_for_what_is_offered_and_takes_all_of_it():
+    async def scenario():
+        subscriber = live.Subscriber(10)
+        taking = asyncio.ensure_future(subscriber.take())
+        await asyncio.sleep(0.01)
+        assert not taking.done()
+        books = [live.BookEvent(n, "t", "c") for n in range(2)]
+        for book in books:  # offered in one turn of the loop: taken at once
+            subscriber.offer(book)
+        assert await taking == books
+        subscriber.offer(live.Signal.DRAIN)
+        assert await subscriber.take() == [live.Signal.DRAIN]
+
+    asyncio.run(scenario())
 
 
 def test_streams_hold_no_database_connection_of_the_pool(asgi):

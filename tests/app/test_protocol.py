@@ -186,3 +186,71 @@ def test_a_large_body_meets_backpressure_while_the_client_does_not_read():
     stalled_at, received = run(slow_reader())
     assert received == total
     assert stalled_at < total // 2, f"{stalled_at} bytes accepted while the client read none"
+
+
+def test_connections_written_to_in_one_turn_each_get_their_own_bytes_in_one_write():
+    # One event to many open streams, as the live Hub sends a book: every
+    # connection's three messages leave as one write of its own, in order.
+    streams, go = 40, asyncio.Event()
+    writes: list[bytes] = []
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        name = scope["path"].encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await go.wait()
+        for n in range(3):
+            await send({"type": "http.response.body", "body": b"%s:%d;" % (name, n), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def fan_out() -> list[bytes]:
+        async with serving(app, counted(protocol.HttpToolsOneWriteProtocol, writes)) as port:
+            clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(streams)]
+            for n, (reader, writer) in enumerate(clients):
+                writer.write(get(f"/s{n}"))
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            writes.clear()
+            go.set()
+            bodies = [await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 10) for reader, _ in clients]
+            for _, writer in clients:
+                writer.close()
+            return bodies
+
+    bodies = run(fan_out())
+    for n, body in enumerate(bodies):
+        assert b"".join(body.split(b"\r\n")[1::2]) == b"/s%d:0;/s%d:1;/s%d:2;" % (n, n, n)
+    assert len(writes) == streams  # one each: its three messages and the last chunk, together
+
+
+def test_one_callback_a_turn_flushes_every_connection():
+    class Socket:
+        def __init__(self) -> None:
+            self.data: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.data.append(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def turn() -> tuple[int, list[list[bytes]]]:
+        loop = asyncio.get_running_loop()
+        scheduled = 0
+        call_soon = loop.call_soon
+
+        def counting_call_soon(callback: Callable, *args: Any, **kwargs: Any) -> asyncio.Handle:
+            nonlocal scheduled
+            scheduled += isinstance(getattr(callback, "__self__", None), protocol._Flusher)
+            return call_soon(callback, *args, **kwargs)
+
+        loop.call_soon = counting_call_soon  # type: ignore[method-assign]
+        sockets = [Socket() for _ in range(100)]
+        transports = [protocol.CoalescingTransport(sock, loop) for sock in sockets]  # type: ignore[arg-type]
+        for transport in transports:
+            transport.write(b"a")
+            transport.write(b"b")
+        await asyncio.sleep(0)
+        loop.call_soon = call_soon  # type: ignore[method-assign]
+        return scheduled, [sock.data for sock in sockets]
+
+    scheduled, written = asyncio.run(turn())
+    assert scheduled == 1 and written == [[b"ab"]] * 100
