@@ -35,6 +35,7 @@ RUN pip install --require-hashes --only-binary=:all: -r /tmp/requirements/app.tx
 COPY app/ /srv/app/
 COPY deploy/gunicorn/ /srv/deploy/gunicorn/
 COPY deploy/app/ /srv/deploy/app/
+COPY deploy/worker/ /srv/deploy/worker/
 # Bytecode compiled once here: the app runs on a read-only filesystem. The
 # hash-based .pyc files stay valid whatever timestamps the copy gives them.
 RUN python -m compileall -q --invalidation-mode unchecked-hash /opt/venv /srv/app /srv/deploy
