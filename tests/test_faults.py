@@ -154,7 +154,8 @@ def assert_pool_not_leaked(stack: Stack) -> None:
     # The pools' connections; not the one per worker that listens for live updates (books/live.py).
     states = stack.psql(
         "SELECT state FROM pg_stat_activity WHERE backend_type = 'client backend' "
-        "AND usename = current_user AND pid <> pg_backend_pid() AND application_name <> 'books.live'",
+        "AND usename = current_user AND pid <> pg_backend_pid() AND application_name <> 'books.live' "
+        "AND application_name NOT LIKE 'task-worker %'",
     ).split()
     print(f"app connections after the outage and a burst: {len(states)} ({workers} worker(s))")
     assert 0 < len(states) <= workers * 10  # DB_POOL_MAX_SIZE

@@ -112,7 +112,9 @@ def sample(metrics: str, name: str, **labels: str) -> float | None:
 
 @pytest.fixture(scope="module")
 def tasks_stack(stack: Stack) -> Iterator[Stack]:
-    with stack.sibling("tasks", 192, BASE_ENV).running() as sibling:
+    # Offset 16: its /24 stays in 172.30.0.0/16 beside the others' (tests/stack.py), clear of the
+    # 172.31.0.0/16 Docker may give a network of its own choosing (the internal `data` ones).
+    with stack.sibling("tasks", 16, BASE_ENV).running() as sibling:
         yield sibling
 
 

@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.tasks import TaskResultStatus
 from django.test import override_settings
 from django_tasks_db.models import DBTaskResult
 from prometheus_client import REGISTRY, generate_latest
+from test_live import CSRF, session_of
 
 from books.models import Book
 from books.tasks import summarize_book
@@ -297,3 +299,14 @@ def test_a_worker_id_is_new_at_each_start_and_fits_postgres_application_name(mon
         cursor.execute("SELECT set_config('application_name', %s, false)", [name])
         cursor.execute("SHOW application_name")
         assert cursor.fetchone()[0] == name
+
+
+def test_a_book_added_in_the_admin_enqueues_its_summary_in_the_admins_transaction(asgi):
+    admin = User.objects.create_superuser("admin", password="unused-here")
+    form = f"title=From+the+admin&csrfmiddlewaretoken={CSRF}&_save=Save".encode()
+    answer = asgi.post("/admin/books/book/add/", form, content_type="application/x-www-form-urlencoded",
+                       headers={"Cookie": f"sessionid={session_of(admin)}; csrftoken={CSRF}"})  # fmt: skip
+    assert answer.status_code == 302, answer.content[:500]
+    book = Book.objects.get(title="From the admin")
+    task = row(book.summary_task_id)
+    assert task.status == TaskResultStatus.READY and task.args_kwargs["args"] == [book.id]
