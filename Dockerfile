@@ -1,5 +1,9 @@
 # The images of the stack, built by `docker compose build` (docker-compose.yml):
-#   app    the Django app under gunicorn with Uvicorn workers (also runs migrations)
+#   app    the Django app under gunicorn with Uvicorn workers (also runs migrations
+#          and the task worker)
+#   secrets  the one-shot step that gives an installation its secrets: an image
+#          of its own, so that a new build of the app leaves it, and the
+#          database that starts after it, as they are
 #   nginx  the official nginx image with this project's config and the static files
 #   test   the app image plus the app's own test tools (tests/app)
 #   bench  the app image plus the servers the benchmark races it against (bench/)
@@ -11,20 +15,23 @@
 #          serves HTTPS itself (deploy/compose/https.yml, deploy/acme/acme.py)
 #   pebble Let's Encrypt's test CA, for the test command's HTTPS tests only (tests/acme)
 # Copying it: change the paths in the `build` stage if your project is laid out
-# differently. Base images are pinned by tag; to pin a digest, pass one, e.g.
-#   docker compose build --build-arg PYTHON_IMAGE=python:3.13-slim-trixie@sha256:...
-ARG PYTHON_IMAGE=python:3.13-slim-trixie
-ARG NGINX_IMAGE=nginx:1.30-trixie
-ARG DEBIAN_IMAGE=debian:trixie-slim
+# differently. Base images are pinned by tag, named on their FROM lines, where
+# Dependabot finds and updates them (.github/dependabot.yml); to pin a digest,
+# add it there (FROM python:3.13-slim-trixie@sha256:...) and Dependabot moves it too.
 
 # --- base: what every Python stage shares ------------------------------------------
-FROM ${PYTHON_IMAGE} AS base
+FROM python:3.13-slim-trixie AS base
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH \
     DJANGO_SETTINGS_MODULE=config.settings
+# The app's user, and /srv/secrets owned by it: the `secrets` volume copies that
+# directory, empty, when it is created (docker-compose.yml).
+RUN groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid app --home-dir /srv --no-create-home --shell /usr/sbin/nologin app \
+ && install -d -o app -g app -m 0755 /srv/secrets
 
 # --- build: dependencies, bytecode and static files; discarded afterwards -----------
 FROM base AS build
@@ -35,6 +42,7 @@ RUN pip install --require-hashes --only-binary=:all: -r /tmp/requirements/app.tx
 COPY app/ /srv/app/
 COPY deploy/gunicorn/ /srv/deploy/gunicorn/
 COPY deploy/app/ /srv/deploy/app/
+COPY deploy/worker/ /srv/deploy/worker/
 # Bytecode compiled once here: the app runs on a read-only filesystem. The
 # hash-based .pyc files stay valid whatever timestamps the copy gives them.
 RUN python -m compileall -q --invalidation-mode unchecked-hash /opt/venv /srv/app /srv/deploy
@@ -45,9 +53,6 @@ RUN python manage.py collectstatic --noinput --verbosity 0
 
 # --- app: the production image ---------------------------------------------------------
 FROM base AS app
-RUN groupadd --system --gid 10001 app \
- && useradd --system --uid 10001 --gid app --home-dir /srv --no-create-home --shell /usr/sbin/nologin app \
- && install -d -o app -g app -m 0755 /srv/secrets
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /srv/app /srv/app
 COPY --from=build /srv/deploy /srv/deploy
@@ -56,6 +61,13 @@ USER 10001:10001
 WORKDIR /srv/app
 EXPOSE 8000
 CMD ["gunicorn", "-c", "/srv/deploy/gunicorn/gunicorn.conf.py"]
+
+# --- secrets: the one-shot secrets step (docker-compose.yml) --------------------------
+# Only the script: the image changes when it does, not with every build of the app.
+FROM base AS secrets
+COPY deploy/app/init_secrets.py /srv/deploy/app/init_secrets.py
+USER 10001:10001
+CMD ["python", "/srv/deploy/app/init_secrets.py"]
 
 # --- test: the app image with pytest, for the app's own tests -------------------------
 FROM app AS test
@@ -132,7 +144,7 @@ WORKDIR /srv/django-tests
 CMD ["python", "/srv/django-suite/main.py"]
 
 # --- nginx: the front door, with the static files baked in -------------------------------
-FROM ${NGINX_IMAGE} AS nginx
+FROM nginx:1.30-trixie AS nginx
 RUN rm -f /etc/nginx/conf.d/default.conf
 COPY nginx/nginx.conf /etc/nginx/nginx.conf
 COPY nginx/templates/ /etc/nginx/templates/
@@ -155,7 +167,7 @@ COPY --from=build /srv/static /srv/static
 # Debian's certbot, kept up to date by Debian's security updates. It runs as
 # its own user, on a read-only filesystem; the directories below are volumes,
 # which take this ownership when first mounted.
-FROM ${DEBIAN_IMAGE} AS acme
+FROM debian:trixie-slim AS acme
 # Not pinned to a version: Debian's security updates replace it.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -175,7 +187,7 @@ CMD ["python3", "/srv/acme/acme.py", "run"]
 # --- pebble: a real ACME CA for the test command (tests/compose.acme.yml) --------------------
 # Let's Encrypt's test server, as Debian packages it; it validates HTTP-01 for
 # real, against nginx on the test network. Never part of a deployment.
-FROM ${DEBIAN_IMAGE} AS pebble
+FROM debian:trixie-slim AS pebble
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends pebble openssl curl ca-certificates \

@@ -1,6 +1,6 @@
 """The benchmark: the same app image under each server, behind the same nginx, against the same Postgres.
 
-    bench/run [--servers blueprint,gthread,...] [--workloads now,books,sleep,streams,fanout]
+    bench/run [--servers blueprint,gthread,...] [--workloads now,books,sleep,streams,fanout,tasks]
               [--duration 10] [--repeat 2] [--workers N] [--stream-levels 1000,2000,...]
               [--fanout-subscribers 1000,5000] [--fanout-seconds 30] [--fanout-transport http1|h2c]
               [--out DIR] [--quick]
@@ -9,7 +9,9 @@ It starts its own copy of the stack (project async-django-bench, a free port
 on 127.0.0.1), swaps the app container's command for each server, drives it
 with wrk through nginx, samples the app container's memory and threads, and
 removes everything when it ends. The fan-out workload (bench/fanout.py) runs
-last, against the blueprint alone, with FANOUT_REPLICAS app containers.
+after the servers, against the blueprint alone, with FANOUT_REPLICAS app
+containers; the tasks workload (bench/tasks.py) last, against the blueprint
+and its task workers.
 Results: printed, and written to DIR/results.md, results.json and chart.png
 (DIR defaults to bench/results).
 """
@@ -27,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import fanout, h2load, report, wrk
+from bench import fanout, h2load, report, tasks, wrk
 from bench.sample import PeakSampler, settled_usage
 from bench.servers import BY_NAME, SERVERS, Server
 from tests.stack import ROOT, Stack
@@ -72,7 +74,10 @@ FANOUT_TITLE = (
     f"(e) fan-out: a book every {FANOUT_INTERVAL * 1000:.0f} ms to N subscribers of GET /books/stream/, "
     f"{FANOUT_REPLICAS} app replicas"
 )
-OTHER_WORKLOADS = ("streams", "fanout")
+TASKS_TITLE = "(f) tasks: enqueueing from the async view, and tasks finished per second by 1 and 2 workers"
+OTHER_WORKLOADS = ("streams", "fanout", "tasks")
+# Workloads that run against the blueprint alone, after the servers'.
+BLUEPRINT_ONLY = {"fanout", "tasks"}
 
 
 @dataclass
@@ -90,7 +95,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="bench/run", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--servers", default=",".join(s.name for s in SERVERS))
-    parser.add_argument("--workloads", default="now,books,sleep,streams,fanout")
+    parser.add_argument("--workloads", default="now,books,sleep,streams,fanout,tasks")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per server and workload (default 2)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers per server (default: cores)")
@@ -150,7 +155,12 @@ def machine() -> dict:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.stack = Stack(project="async-django-bench", extra_files=[ROOT / "bench" / "compose.bench.yml"])
+        # BENCH_PROJECT and BENCH_EDGE_SUBNET: two runs side by side on one Docker engine.
+        self.stack = Stack(
+            project=os.environ.get("BENCH_PROJECT", "async-django-bench"),
+            edge_subnet=os.environ.get("BENCH_EDGE_SUBNET", "172.30.89.0/24"),
+            extra_files=[ROOT / "bench" / "compose.bench.yml"],
+        )
         self.url = f"http://127.0.0.1:{self.stack.port}"
 
     def env(self, server: Server) -> dict[str, str]:
@@ -159,7 +169,7 @@ class Bench:
             # The whole machine for the app container (docker-compose.yml's default is one CPU).
             "APP_CPUS": str(os.cpu_count() or 1),
             "BENCH_APP_COMMAND": server.app_command(self.args.workers),
-            "EDGE_SUBNET": "172.30.89.0/24",
+            "EDGE_SUBNET": self.stack.edge_subnet,
             # The image's default (off), which the test stack turns on.
             "GUNICORN_ACCESS_LOG": "",
             **dict(server.env),
@@ -262,6 +272,14 @@ class Bench:
             time.sleep(2)
         return outcome
 
+    def tasks(self) -> dict:
+        """bench/tasks.py against the blueprint, one app container, its task workers recreated per step."""
+        server = BY_NAME["blueprint"]
+        self.start(server)
+        config = tasks.Config.quick() if self.args.quick else tasks.Config(repeat=self.args.repeat)
+        outcome = tasks.Tasks(self.stack, lambda extra: self.stack.write_env({**self.env(server), **extra}), config)
+        return {"server": server.name, **outcome.run()}
+
     def run(self) -> dict:
         args = self.args
         servers = [BY_NAME[name] for name in args.servers.split(",")]
@@ -269,7 +287,7 @@ class Bench:
         raise_open_files_limit(max(*args.levels, *args.fanout_levels) + 2000)
         results: dict = {"machine": machine(), "workers": args.workers, "duration_s": args.duration,
                          "repeat": args.repeat, "throughput": [], "streams": [], "fanout": None,
-                         "failed": []}  # fmt: skip
+                         "tasks": None, "failed": []}  # fmt: skip
         print(f"bench: building images and starting the stack on {self.url} ...", flush=True)
         self.stack.compose("down", "--volumes", "--remove-orphans", check=False)
         try:
@@ -277,8 +295,8 @@ class Bench:
             self.stack.write_env(self.env(servers[0]))
             self.stack.up()
             self.seed_books()
-            # Fan-out alone needs none of the servers: only its own blueprint run below.
-            for server in servers if set(workloads) - {"fanout"} else []:
+            # Fan-out and tasks alone need none of the servers: only their own blueprint runs below.
+            for server in servers if set(workloads) - BLUEPRINT_ONLY else []:
                 print(f"bench: {server.name}: {server.description}", flush=True)
                 try:
                     self.start(server)
@@ -289,7 +307,7 @@ class Bench:
                     print(f"  did not start; last log lines:\n{logs[-2000:]}", flush=True)
                     continue
                 for name in workloads:
-                    if name in server.skips or name == "fanout":
+                    if name in server.skips or name in BLUEPRINT_ONLY:
                         continue
                     if name == "streams":
                         outcome = self.streams(server)
@@ -310,6 +328,15 @@ class Bench:
                     results["failed"].append({"server": "blueprint (fan-out)", "error": str(exc)[-2000:],
                                               "logs": logs[-4000:]})  # fmt: skip
                     print(f"  did not start; last log lines:\n{logs[-2000:]}", flush=True)
+            if "tasks" in workloads:
+                print("bench: tasks: the blueprint and its task workers", flush=True)
+                try:
+                    results["tasks"] = self.tasks()
+                except (AssertionError, subprocess.TimeoutExpired, StopIteration, ValueError) as exc:
+                    logs = self.stack.compose("logs", "--no-color", "--tail", "20", "app", "worker", check=False).stdout
+                    results["failed"].append({"server": "blueprint (tasks)", "error": str(exc)[-2000:],
+                                              "logs": logs[-4000:]})  # fmt: skip
+                    print(f"  failed; last log lines:\n{logs[-2000:]}", flush=True)
         finally:
             self.stack.down()
         return results
@@ -324,7 +351,8 @@ def main(argv: list[str]) -> int:
     if "streams" in args.workloads.split(","):
         h2load.find_h2load()
     results = Bench(args).run()
-    results["workloads"] = {**{name: w.title for name, w in WORKLOADS.items()}, "fanout": FANOUT_TITLE}
+    results["workloads"] = {**{name: w.title for name, w in WORKLOADS.items()}, "fanout": FANOUT_TITLE,
+                            "tasks": TASKS_TITLE}  # fmt: skip
     results["servers"] = {s.name: s.description for s in SERVERS}
     paths = report.write(results, args.out)
     print(report.markdown(results))

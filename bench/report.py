@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def markdown(results: dict) -> str:
             )
         lines.append("")
     lines += fanout_markdown(results)
+    lines += tasks_markdown(results)
     for failure in results.get("failed", []):
         lines += [f"{failure['server']} did not start: see results.json for its log.", ""]
     lines += ["Servers:", ""] + [f"- {name}: {text}" for name, text in results["servers"].items()]
@@ -134,6 +136,41 @@ def fanout_markdown(results: dict) -> list[str]:
     return [*lines, *[f"- {note}" for note in notes], ""] if notes else lines
 
 
+def tasks_markdown(results: dict) -> list[str]:
+    """The tasks tables (bench/tasks.py): enqueueing, then one row per batch and number of workers."""
+    t = results.get("tasks")
+    if not t:
+        return []
+    lines = [f"## {results['workloads'].get('tasks', 'tasks')}", ""]
+    lines += ["| measure | calls | per s | p50 ms | p99 ms | max ms | errors | tasks finished / enqueued (failed) | "
+              "last task finished, s after the calls |", "|" + " --- |" * 9]  # fmt: skip
+    for e in t["enqueue"]:
+        per_s = "n/a" if math.isnan(e["per_s"]) else f"{e['per_s']:.0f}"
+        drain = "n/a" if math.isnan(e["drain_s"]) else f"{e['drain_s']:.1f}"
+        lines.append(
+            f"| {e['what']} | {e['calls']} | {per_s} | {e['p50_ms']:.1f} | {e['p99_ms']:.1f} | "
+            f"{e['max_ms']:.1f} | {len(e['errors'])} | {e['finished']} / {e['tasks']} ({e['failed']}) | {drain} |"
+        )
+    lines += ["", "| task | workers | tasks | finished (failed) | first start → last finish, s | tasks/s | "
+              "each worker's tasks/s | a task, start → finish, p50 ms | first start after the commit, ms |",
+              "|" + " --- |" * 9]  # fmt: skip
+    for b in t["batches"]:
+        each = ", ".join(f"{rate:.0f}" for rate in b["per_worker_per_s"])
+        lines.append(
+            f"| {b['task']} | {b['workers']} | {b['tasks']} | {b['finished']} ({b['failed']}) | {b['span_s']:.2f} | "
+            f"{b['tasks_per_s']:.1f} | {each} | {b['in_task_p50_ms']:.1f} | {b['first_pickup_ms']:.0f} |"
+        )
+    lines += ["", "The demo's task (books.tasks.summarize_book), BOOK_SUMMARY_DELAY 0 (no-op: one SELECT, one "
+              f"UPDATE) or 0.1 s; workers poll every {t['interval_s']:g} s while the queue is empty. Enqueue: "
+              f"POSTs from {t['clients']} kept-open connections for {t['post_seconds']:g} s with one worker "
+              "running; aenqueue() timed in the app container by as many callers, at most one app worker's pool "
+              "of connections; pickup: one task at a time into an idle worker's queue. Batches: committed in one "
+              "transaction while the workers wait; each worker's rate is its tasks over its own first start → "
+              "last finish.", ""]  # fmt: skip
+    notes = [f"{problem}." for problem in t.get("problems", [])]
+    return [*lines, *[f"- {note}" for note in notes], ""] if notes else lines
+
+
 def chart(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -142,7 +179,8 @@ def chart(results: dict, path: Path) -> None:
 
     tables = summarise(results)
     fan = [f for f in (results.get("fanout") or {}).get("levels", []) if "error" not in f]
-    panels = len(tables) + (1 if results["streams"] else 0) + (1 if fan else 0)
+    batches = (results.get("tasks") or {}).get("batches", [])
+    panels = len(tables) + (1 if results["streams"] else 0) + (1 if fan else 0) + (1 if batches else 0)
     fig, axes = plt.subplots(1, max(panels, 1), figsize=(5 * max(panels, 1), 4.5), squeeze=False)
     for ax, (name, rows) in zip(axes[0], tables.items(), strict=False):
         rows = sorted(rows, key=lambda r: -r["requests_per_s"])
@@ -159,7 +197,7 @@ def chart(results: dict, path: Path) -> None:
         ax.set_title("(d) streams held with zero errors", fontsize=9)
         ax.tick_params(axis="x", rotation=45, labelsize=8)
     if fan:
-        ax = axes[0][panels - 1]
+        ax = axes[0][panels - 1 - (1 if batches else 0)]
         labels = [str(f["subscribers"]) for f in fan]
         ax.plot(labels, [f["p50_ms"] for f in fan], marker="o", color="tab:green", label="p50")
         ax.plot(labels, [f["p99_ms"] for f in fan], marker="o", color="tab:red", label="p99")
@@ -167,6 +205,16 @@ def chart(results: dict, path: Path) -> None:
         ax.set_xlabel("subscribers")
         ax.set_ylabel("ms")
         ax.legend(fontsize=8)
+    if batches:
+        ax = axes[0][panels - 1]
+        runs: dict[tuple[str, int], list[float]] = {}
+        for b in batches:
+            runs.setdefault((b["task"], b["workers"]), []).append(b["tasks_per_s"])
+        ax.bar([f"{task}, {workers}w" for task, workers in runs], [mean(rates) for rates in runs.values()],
+               color=["tab:green" if workers == 1 else "tab:olive" for _, workers in runs])  # fmt: skip
+        ax.set_title("(f) tasks finished per second (mean of runs)", fontsize=9)
+        ax.set_ylabel("tasks/s")
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,8 +3,9 @@
 Each target (a Kubernetes overlay, Cloud Run, Fly.io, Render, ECS) is read from
 its own files into a :class:`Target`: how the host starts the image (settings,
 secrets, user, filesystem), where it sends requests, what it probes, how it
-stops a container and how it runs the migrations. tests/test_manifests.py
-checks these on paper; tests/test_container_hosts.py runs the image that way.
+stops a container, how it runs the migrations and the task worker (a
+:class:`Worker`). tests/test_manifests.py checks these on paper;
+tests/test_container_hosts.py runs the image that way.
 
 The variables come from .env.example alone (:func:`registry`): every name, its
 default in brackets, ``(required)`` for what a deployment must set, and the
@@ -108,13 +109,15 @@ def registry(path: Path = ROOT / ".env.example") -> dict[str, Variable]:
 
 
 def read_by_the_image() -> set[str]:
-    """The variables the app image reads: its settings and gunicorn's config, as written in the code."""
+    """The variables the app image reads: its settings, gunicorn's config and the task worker's, as written."""
     reader = r"(?:\benv(?:\.\w+)?|\bsecret|\b_int|\benviron\.get|os\.getenv)"
     call = re.compile(reader + r"""\(\s*["']([A-Z][A-Z0-9_]+)["']""")
     sources = [
         *(ROOT / "app" / "config").glob("*.py"),
         ROOT / "app" / "core" / "sizing.py",
         *(ROOT / "deploy" / "gunicorn").glob("*.py"),
+        *(ROOT / "app" / "worker").rglob("*.py"),
+        *(ROOT / "deploy" / "worker").glob("*.py"),
     ]
     return {name for source in sources for name in call.findall(source.read_text())}
 
@@ -144,6 +147,18 @@ class Workload:
 
 
 @dataclass
+class Worker:
+    """The task worker as a target runs it: a container of the app's image, stopped on its own terms."""
+
+    workload: Workload
+    image: str  # as the manifest names it; compared with the web's
+    grace: float  # seconds from SIGTERM to SIGKILL
+    check: list[str] | None  # the exec health check the host runs in it; None where the host has none
+    most_instances: int | None  # where the files say; None where a command (fly scale count) sets it
+    stop_signal: str = "SIGTERM"
+
+
+@dataclass
 class Target:
     name: str
     web: Workload
@@ -156,6 +171,8 @@ class Target:
     check_command: list[str] | None = None  # run inside the container as the host's health check
     gate: Workload | None = None  # Kubernetes' init container that waits for the migrations
     most_instances: int | None = None  # the most app instances the host runs, where the files say
+    image: str | None = None  # the web's image, as the manifest names it
+    worker: Worker | None = None
     # What may cut a long response, where the files set it, in seconds, by the path prefix it
     # applies to ("/": every path): how long a response may last in all (Cloud Run's request
     # timeout), and how long it may stay silent (an ingress' read timeout, an idle timeout).
@@ -227,6 +244,22 @@ def ingress_read_timeouts(docs: list[dict[str, Any]]) -> dict[str, float]:
     return timeouts
 
 
+def _k8s_worker(docs: list[dict[str, Any]]) -> Worker:
+    (deployment,) = find(docs, "Deployment", "worker")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "worker"]
+    # An autoscaler on the worker owns its count; without one, the Deployment's replicas.
+    scalers = [h for h in find(docs, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == "worker"]
+    most = scalers[0]["spec"]["maxReplicas"] if scalers else deployment["spec"].get("replicas", 1)
+    return Worker(
+        workload=_k8s_workload(docs, pod, container),
+        image=container["image"],
+        grace=pod.get("terminationGracePeriodSeconds", 30),
+        check=container.get("livenessProbe", {}).get("exec", {}).get("command"),
+        most_instances=most,
+    )
+
+
 def kubernetes(overlay: Path) -> Target:
     docs = render_overlay(overlay)
     (deployment,) = find(docs, "Deployment", "app")
@@ -238,6 +271,8 @@ def kubernetes(overlay: Path) -> Target:
     pre_stop = app.get("lifecycle", {}).get("preStop", {})
     return Target(
         name=f"kubernetes-{overlay.name}",
+        image=app["image"],
+        worker=_k8s_worker(docs),
         web=_k8s_workload(docs, pod, app),
         migrate=_k8s_workload(docs, job_pod, job_pod["containers"][0]),
         gate=_k8s_workload(docs, pod, gate),
@@ -270,8 +305,19 @@ def cloud_run() -> Target:
     port = container["ports"][0]["containerPort"]
     web = _knative_workload(container)
     web.host_env["PORT"] = str(port)  # Cloud Run sets PORT to the container port
+    pool = yaml.safe_load((DEPLOY / "cloudrun" / "worker-pool.yaml").read_text())
+    (pool_container,) = pool["spec"]["template"]["spec"]["containers"]
+    worker = Worker(
+        workload=_knative_workload(pool_container),
+        image=pool_container["image"],
+        grace=CLOUD_RUN_SHUTDOWN_SECONDS,  # the same container contract as the service's
+        check=None,  # Cloud Run has no exec probe
+        most_instances=int(pool["metadata"]["annotations"]["run.googleapis.com/manualInstanceCount"]),
+    )
     return Target(
         name="cloud-run",
+        image=container["image"],
+        worker=worker,
         web=web,
         migrate=_knative_workload(job_container),
         port=port,
@@ -280,7 +326,7 @@ def cloud_run() -> Target:
         grace=CLOUD_RUN_SHUTDOWN_SECONDS,
         most_instances=int(service["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/maxScale"]),
         response_timeouts=_only_set({"/": service["spec"]["template"]["spec"].get("timeoutSeconds")}),
-        notes={"service": service, "job": job},
+        notes={"service": service, "job": job, "worker_pool": pool},
     )
 
 
@@ -303,40 +349,96 @@ def fly() -> Target:
     path = DEPLOY / "fly" / "fly.toml"
     config = tomllib.loads(path.read_text())
     env = {key: str(value) for key, value in config.get("env", {}).items()}
-    web = Workload(env=env, secrets=fly_secrets())
+    processes = config.get("processes", {})
+    # With [processes], each group runs its own command in place of the image's CMD.
+    web = Workload(env=env, secrets=fly_secrets(), command=shlex.split(processes["app"]) if processes else None)
     service = config["http_service"]
+    grace = _seconds(config.get("kill_timeout", 5))
+    image = config["build"]["image"]
+    worker = (
+        Worker(
+            workload=replace(web, command=shlex.split(processes["worker"])),
+            image=image,  # one image per Fly app, for every process group
+            grace=grace,  # kill_timeout is the app's, for every process group
+            check=None,  # Fly runs no exec check
+            most_instances=None,  # `fly scale count worker=N` (docs/fly.md)
+            stop_signal=config.get("kill_signal", "SIGINT"),
+        )
+        if "worker" in processes
+        else None
+    )
     return Target(
         name="fly",
+        image=image,
+        worker=worker,
         web=web,
         # The release command runs in a temporary Machine with the app's env and secrets.
         migrate=replace(web, command=shlex.split(config["deploy"]["release_command"])),
         port=service["internal_port"],
         probes=[check["path"] for check in service.get("checks", [])],
         stop_signal=config.get("kill_signal", "SIGINT"),
-        grace=_seconds(config.get("kill_timeout", 5)),
+        grace=grace,
         idle_timeouts=_only_set({"/": service.get("http_options", {}).get("idle_timeout")}),
         notes={"config": config},
     )
+
+
+def _render_workload(blueprint: dict[str, Any], service: dict[str, Any]) -> Workload:
+    """A service's envVars, its environment groups' expanded (fromGroup) and other services' followed (fromService)."""
+    groups = {group["name"]: group for group in blueprint.get("envVarGroups", [])}
+    workload = Workload(env={})
+    for var in service.get("envVars", []):
+        if "fromGroup" in var:
+            expanded = _render_workload(blueprint, {"envVars": groups[var["fromGroup"]]["envVars"]})
+            workload.env.update(expanded.env)
+            workload.secrets |= expanded.secrets
+            continue
+        key = var["key"]
+        if "value" in var:
+            workload.env[key] = str(var["value"])
+        elif "fromDatabase" in var:
+            ref = var["fromDatabase"]
+            workload.host_env[key] = f"<{ref['property']} of {ref['name']}>"
+        elif "fromService" in var:
+            ref = var["fromService"]
+            (other,) = [s for s in blueprint["services"] if s["name"] == ref["name"] and s["type"] == ref["type"]]
+            source = _render_workload(blueprint, other)
+            wanted = ref["envVarKey"]
+            if wanted in source.env:
+                workload.env[key] = source.env[wanted]
+            elif wanted in source.secrets:
+                workload.secrets.add(key)
+            else:
+                workload.host_env[key] = source.host_env[wanted]
+        else:  # generateValue or sync: false: a secret Render generates or asks for
+            workload.secrets.add(key)
+    return workload
 
 
 def render() -> Target:
     path = DEPLOY / "render" / "render.yaml"
     blueprint = yaml.safe_load(path.read_text())
     (service,) = [s for s in blueprint["services"] if s["type"] == "web"]
-    web = Workload(env={})
-    for var in service.get("envVars", []):
-        key = var["key"]
-        if "value" in var:
-            web.env[key] = str(var["value"])
-        elif "fromDatabase" in var:
-            ref = var["fromDatabase"]
-            web.host_env[key] = f"<{ref['property']} of {ref['name']}>"
-        else:  # generateValue or sync: false: a secret Render generates or asks for
-            web.secrets.add(key)
+    web = _render_workload(blueprint, service)
     if "PORT" not in web.env:
         web.host_env["PORT"] = str(RENDER_DEFAULT_PORT)
+    workers = [s for s in blueprint["services"] if s["type"] == "worker"]
+    worker = None
+    if workers:
+        (worker_service,) = workers
+        workload = _render_workload(blueprint, worker_service)
+        workload.command = shlex.split(worker_service["dockerCommand"])
+        worker = Worker(
+            workload=workload,
+            image=worker_service["image"]["url"],
+            grace=worker_service.get("maxShutdownDelaySeconds", 30),
+            check=None,  # Render checks no background worker
+            most_instances=worker_service.get("scaling", {}).get("maxInstances", worker_service.get("numInstances", 1)),
+        )
     return Target(
         name="render",
+        image=service["image"]["url"],
+        worker=worker,
         web=web,
         migrate=replace(web, command=shlex.split(service["preDeployCommand"])),
         port=int(web.env.get("PORT", RENDER_DEFAULT_PORT)),
@@ -344,20 +446,18 @@ def render() -> Target:
         stop_signal="SIGTERM",
         grace=service.get("maxShutdownDelaySeconds", 30),
         most_instances=service.get("scaling", {}).get("maxInstances", service.get("numInstances", 1)),
-        notes={"blueprint": blueprint, "service": service},
+        notes={"blueprint": blueprint, "service": service, "worker_service": workers[0] if workers else None},
     )
 
 
-def ecs() -> Target:
-    files = [DEPLOY / "ecs" / name for name in ("task-definition.yaml", "service.yaml", "migrate-task.yaml")]
-    task, service, migrate_task = (yaml.safe_load(path.read_text()) for path in files)
-    (container,) = [c for c in task["containerDefinitions"] if c["name"] == "app"]
+def _ecs_workload(task: dict[str, Any], container: dict[str, Any]) -> Workload:
     task_volumes = {v["name"]: v for v in task.get("volumes", [])}
     # A volume with no host path and no EFS or Docker volume is the task's own storage.
     storage_keys = ("host", "efsVolumeConfiguration", "dockerVolumeConfiguration")
-    web = Workload(
+    return Workload(
         env={e["name"]: e["value"] for e in container.get("environment", [])},
         secrets={s["name"] for s in container.get("secrets", [])},
+        command=container.get("command"),
         read_only=bool(container.get("readonlyRootFilesystem")),
         tmpfs=[
             m["containerPath"]
@@ -367,17 +467,40 @@ def ecs() -> Target:
         user=container.get("user"),
         drop_all_capabilities="ALL" in container.get("linuxParameters", {}).get("capabilities", {}).get("drop", []),
     )
-    (override,) = [o for o in migrate_task["overrides"]["containerOverrides"] if o["name"] == "app"]
+
+
+def _ecs_check(container: dict[str, Any]) -> list[str]:
     check = container["healthCheck"]["command"]
+    return check[1:] if check[0] == "CMD" else ["sh", "-c", check[1]]
+
+
+def ecs() -> Target:
+    files = [DEPLOY / "ecs" / name for name in ("task-definition.yaml", "service.yaml", "migrate-task.yaml")]
+    task, service, migrate_task = (yaml.safe_load(path.read_text()) for path in files)
+    (container,) = [c for c in task["containerDefinitions"] if c["name"] == "app"]
+    web = _ecs_workload(task, container)
+    worker_files = [DEPLOY / "ecs" / name for name in ("worker-task-definition.yaml", "worker-service.yaml")]
+    worker_task, worker_service = (yaml.safe_load(path.read_text()) for path in worker_files)
+    (worker_container,) = [c for c in worker_task["containerDefinitions"] if c["name"] == "worker"]
+    worker = Worker(
+        workload=_ecs_workload(worker_task, worker_container),
+        image=worker_container["image"],
+        grace=worker_container.get("stopTimeout", 30),
+        check=_ecs_check(worker_container),
+        most_instances=worker_service["desiredCount"],
+    )
+    (override,) = [o for o in migrate_task["overrides"]["containerOverrides"] if o["name"] == "app"]
     balancer = yaml.safe_load((DEPLOY / "ecs" / "load-balancer-attributes.yaml").read_text())
     balancer_attributes = {a["Key"]: a["Value"] for a in balancer["Attributes"]}
     return Target(
         name="ecs",
+        image=container["image"],
+        worker=worker,
         web=web,
         migrate=replace(web, command=override["command"]),
         port=container["portMappings"][0]["containerPort"],
         probes=[],  # the load balancer's target group holds its path (docs/ecs.md)
-        check_command=check[1:] if check[0] == "CMD" else ["sh", "-c", check[1]],
+        check_command=_ecs_check(container),
         stop_signal="SIGTERM",
         grace=container.get("stopTimeout", 30),
         most_instances=service["desiredCount"],
@@ -388,6 +511,9 @@ def ecs() -> Target:
             "migrate_task": migrate_task,
             "container": container,
             "load_balancer": balancer,
+            "worker_task": worker_task,
+            "worker_service": worker_service,
+            "worker_container": worker_container,
         },
     )
 

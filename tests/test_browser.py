@@ -6,7 +6,8 @@ stylesheets load from /static/ and apply, the login sets the session and CSRF
 cookies, the add form's POST passes Django's CSRF check, and the same POST
 without the form's token is refused with 403. And the live page: two browsers,
 one watching "/" while the other, logged in as staff, adds books through the
-page's form; each appears on the first without a reload, once.
+page's form; each appears on the first without a reload, once, and its summary, written by the task worker,
+goes from pending to done there.
 
 It drives the system's Chromium (/usr/bin/chromium and /usr/bin/chromedriver,
 Debian's `chromium` and `chromium-driver`; $CHROMIUM and $CHROMEDRIVER to use
@@ -250,6 +251,28 @@ LIVE = "return document.getElementById('live-state').dataset.state === 'live';"
 LIVE_TITLES = "return Array.from(document.querySelectorAll('#books li .title'), title => title.textContent);"
 LIVE_IDS = "return Array.from(document.querySelectorAll('#books li'), item => item.dataset.id);"
 LIVE_STATS = "return ['stat-pid', 'stat-streams', 'stat-threads'].map(id => document.getElementById(id).textContent);"
+# Every status each book's summary shows on the page, in order: recorded as the page changes, so none is missed.
+WATCH_SUMMARIES = """
+window.summaryHistory = {};
+const note = (item) => {
+  const summary = item && item.querySelector('.summary');
+  if (!summary) { return; }
+  const history = (window.summaryHistory[item.dataset.id] ||= []);
+  if (history[history.length - 1] !== summary.dataset.status) { history.push(summary.dataset.status); }
+};
+new MutationObserver((records) => {
+  for (const record of records) {
+    if (record.type === 'childList') {
+      record.addedNodes.forEach((node) => { if (node.nodeType === 1 && node.matches('li')) { note(node); } });
+    } else if (record.target.matches('.summary')) {
+      note(record.target.closest('li'));
+    }
+  }
+}).observe(document.getElementById('books'),
+           {childList: true, subtree: true, attributes: true, attributeFilter: ['data-status']});
+"""
+SUMMARY_HISTORY = "return window.summaryHistory[arguments[0]] || [];"
+SUMMARY_TEXT = "return document.querySelector(`#books li[data-id='${arguments[0]}'] .summary`).textContent;"
 
 
 def live_titles(driver: webdriver.Chrome) -> list[str]:
@@ -273,6 +296,7 @@ def test_the_live_page_shows_books_added_elsewhere_as_they_come(
     WebDriverWait(viewer, WAIT).until(lambda d: d.execute_script(LIVE))
     WebDriverWait(viewer, WAIT).until(lambda d: d.find_element(By.ID, "live-stats").is_displayed())
     document_statuses(viewer)  # from here on, any page it loads would be a reload
+    viewer.execute_script(WATCH_SUMMARIES)
 
     # The staff member logs in through the admin's form and is sent back to the page, which now has the add form.
     staff.get(stack.url("/admin/login/?next=/"))
@@ -311,6 +335,13 @@ def test_the_live_page_shows_books_added_elsewhere_as_they_come(
     assert titles.index(by_form) < titles.index(by_script), titles
     ids = viewer.execute_script(LIVE_IDS)
     assert len(ids) == len(set(ids)), ids
+    assert document_statuses(viewer) == []
+
+    # The first book's summary, written by the task worker, reached the viewer without a reload: pending, then done.
+    book_id = ids[titles.index(by_script)]
+    WebDriverWait(viewer, WAIT).until(lambda d: d.execute_script(SUMMARY_HISTORY, book_id)[-1:] == ["done"])
+    assert viewer.execute_script(SUMMARY_HISTORY, book_id) == ["pending", "done"]
+    assert by_script in viewer.execute_script(SUMMARY_TEXT, book_id)
     assert document_statuses(viewer) == []
 
     # The worker serving its stream: its pid, at least this stream open, and its threads.

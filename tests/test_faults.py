@@ -29,6 +29,8 @@ from tests import load
 from tests.stack import ROOT, Stack
 from tests.test_upstream import proxied
 
+VERSION_LABEL = "org.opencontainers.image.version"
+
 DB_BACKED = ("/books/", "/sync-wrapped/")
 OUTAGE_SECONDS = 30
 # The bounds: readiness turns within its cache period plus its timeout (2 s,
@@ -154,7 +156,8 @@ def assert_pool_not_leaked(stack: Stack) -> None:
     # The pools' connections; not the one per worker that listens for live updates (books/live.py).
     states = stack.psql(
         "SELECT state FROM pg_stat_activity WHERE backend_type = 'client backend' "
-        "AND usename = current_user AND pid <> pg_backend_pid() AND application_name <> 'books.live'",
+        "AND usename = current_user AND pid <> pg_backend_pid() AND application_name <> 'books.live' "
+        "AND application_name NOT LIKE 'task-worker %'",
     ).split()
     print(f"app connections after the outage and a burst: {len(states)} ({workers} worker(s))")
     assert 0 < len(states) <= workers * 10  # DB_POOL_MAX_SIZE
@@ -351,30 +354,50 @@ def replicas(stack: Stack) -> Iterator[Stack]:
         yield second
 
 
-def compose_environment(stack: Stack) -> dict[str, str]:
+def compose_environment(stack: Stack, *extra_files: Path) -> dict[str, str]:
     """What the documented scripts need to reach this stack: compose's own variables."""
     return {
         **os.environ,
         "COMPOSE_PROJECT_NAME": stack.project,
-        "COMPOSE_FILE": str(ROOT / "docker-compose.yml"),
+        "COMPOSE_FILE": os.pathsep.join(map(str, [ROOT / "docker-compose.yml", *extra_files])),
         "COMPOSE_ENV_FILES": str(stack.env_file),
     }
 
 
-def run_script(stack: Stack, *command: str) -> subprocess.CompletedProcess[str]:
+def run_script(stack: Stack, *command: str, extra_files: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """A command as a user types it where docker-compose.yml is: a script of the project's, or docker."""
+    program = command[0] if command[0] == "docker" else str(ROOT / command[0])
     return subprocess.run(
-        [str(ROOT / command[0]), *command[1:]],
+        [program, *command[1:]],
         cwd=ROOT,
-        env=compose_environment(stack),
+        env=compose_environment(stack, *extra_files),
         capture_output=True,
         text=True,
         timeout=600,
     )
 
 
+def new_version(stack: Stack, version: str) -> Path:
+    """A compose file that makes the next build of the app a new image, as after a `git pull`: a label of its own."""
+    release = stack.directory / f"release-{version}.yml"
+    release.write_text(f"services:\n  app:\n    build:\n      labels:\n        {VERSION_LABEL}: {version}\n")
+    return release
+
+
+def image_version(container: str) -> str:
+    return docker("inspect", "--format", f'{{{{index .Config.Labels "{VERSION_LABEL}"}}}}', container).strip()
+
+
 def test_redeploy_one_replica_at_a_time_loses_no_request(replicas: Stack):
     before = set(replicas.compose("ps", "-q", "app").stdout.split())
     assert len(before) == 2
+    kept = {service: replicas.container_id(service) for service in ("db", "secrets")}
+    db_started = docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"])
+    worker = replicas.container_id("worker")
+    # A new version, built with the documented `docker compose build`.
+    release = new_version(replicas, "redeploy")
+    build = run_script(replicas, "docker", "compose", "build", "--quiet", extra_files=(release,))
+    assert build.returncode == 0, build.stderr[-3000:]
     mix = [
         load.get("/now/"),
         load.post_book(replicas.api_token, "redeploy"),
@@ -384,7 +407,7 @@ def test_redeploy_one_replica_at_a_time_loses_no_request(replicas: Stack):
     ]
     with load.Load(replicas.port, mix, threads=6, pause=0.02, max_seconds=300) as traffic:
         time.sleep(2)
-        rollout = run_script(replicas, "deploy/compose/rollout.sh")
+        rollout = run_script(replicas, "deploy/compose/rollout.sh", extra_files=(release,))
         time.sleep(3)
     results = traffic.results
     after = set(replicas.compose("ps", "-q", "app").stdout.split())
@@ -392,6 +415,12 @@ def test_redeploy_one_replica_at_a_time_loses_no_request(replicas: Stack):
     print(f"{len(results)} requests during the redeploy, statuses {sorted({r.status for r in results}, key=str)}")
     assert rollout.returncode == 0, rollout.stdout[-3000:] + rollout.stderr[-3000:]
     assert len(after) == 2 and not after & before, "both replicas were replaced"
+    # The new version serves, the task worker included; the database never stopped.
+    for container in [*after, replicas.container_id("worker")]:
+        assert image_version(container) == "redeploy", container
+    assert replicas.container_id("worker") != worker
+    assert {service: replicas.container_id(service) for service in kept} == kept
+    assert docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"]) == db_started
     failed = [r.describe() for r in results if r.status not in (200, 201)]
     assert not failed, failed
     assert load.created_ids(results) <= book_ids(replicas)
@@ -406,6 +435,21 @@ def test_redeploy_one_replica_at_a_time_loses_no_request(replicas: Stack):
         first = min(t for t, tried in sent if address in tried and t >= started)
         print(f"{address}: ready {ready - started:.2f} s after its start, first request {first - ready:.2f} s later")
         assert first >= ready, f"{address} got a request {ready - first:.2f} s before it answered /healthz"
+
+
+def test_up_with_a_new_version_keeps_the_database(replicas: Stack):
+    """The simple deploy (docs/production-vm.md): `docker compose up --detach --build` replaces what runs the app."""
+    kept = {service: replicas.container_id(service) for service in ("db", "secrets")}
+    db_started = docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"])
+    release = new_version(replicas, "up")
+    up = run_script(replicas, "docker", "compose", "up", "--detach", "--build", "--wait", extra_files=(release,))
+    assert up.returncode == 0, up.stderr[-3000:]
+    for service in ("app", "worker", "migrate"):
+        for container in replicas.compose("ps", "-a", "-q", service).stdout.split():
+            assert image_version(container) == "up", (service, container)
+    assert {service: replicas.container_id(service) for service in kept} == kept
+    assert docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"]) == db_started
+    assert replicas.get("/readyz").status == 200
 
 
 def unix_time(timestamp: str) -> float:

@@ -19,7 +19,7 @@ import pytest
 from tests.stack import Stack
 from tests.test_routes import admin_login
 
-HARDENED = ("app", "migrate", "secrets")
+HARDENED = ("app", "migrate", "worker", "secrets")
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -7,13 +7,18 @@
   containers against the Kubernetes Container schema, fly.toml and render.yaml
   (no offline schema exists for them) by their own rules.
 - Every target against .env.example, the one list of variables.
+- The task worker on every target: the web's image and settings, its own
+  command, a grace period its graceful stop fits in, and its database
+  connections in the sizing sum.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,6 +55,8 @@ KUBERNETES_TARGETS = [f"kubernetes-{overlay.name}" for overlay in OVERLAYS]
 # Postgres' default max_connections, less its superuser_reserved_connections.
 POSTGRES_AVAILABLE_CONNECTIONS = 100 - 3
 MIGRATE = ["python", "manage.py", "migrate", "--noinput"]
+WORKER = ["python", "manage.py", "run_worker"]
+WORKER_CHECK = ["python", "/srv/deploy/worker/healthcheck.py"]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS, ids=OVERLAY_IDS)
@@ -149,9 +156,12 @@ def test_overlay_wiring(rendered: list[dict[str, Any]]):
         selector = policy["spec"]["podSelector"]
         assert not selector or any(labels_match(selector, labels) for labels in all_pod_labels), policy
 
-    # One image for the app, its gate and the migrations.
+    # One image for the app, its gate, the migrations and the task worker (and its gate).
     (job,) = find(rendered, "Job", "migrate")
+    (worker,) = find(rendered, "Deployment", "worker")
+    worker_pod = worker["spec"]["template"]["spec"]
     containers = pod["containers"] + pod["initContainers"] + job["spec"]["template"]["spec"]["containers"]
+    containers += worker_pod["containers"] + worker_pod.get("initContainers", [])
     images = {c["image"] for c in containers}
     assert len(images) == 1, images
 
@@ -220,6 +230,35 @@ def test_app_probes_and_stopping(overlay: Path, rendered: list[dict[str, Any]]):
     assert pod["terminationGracePeriodSeconds"] > budget
 
 
+def test_worker_deployment(rendered: list[dict[str, Any]]):
+    """Its own pods: probed by its check, drained one at a time, never sent traffic, reaching Postgres."""
+    (deployment,) = find(rendered, "Deployment", "worker")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pod = deployment["spec"]["template"]["spec"]
+    (worker,) = pod["containers"]
+    assert labels_match(deployment["spec"]["selector"], pod_labels)
+    assert pod_labels["app.kubernetes.io/component"] == "worker"
+    assert worker["livenessProbe"]["exec"]["command"] == WORKER_CHECK
+    assert "readinessProbe" not in worker, "no traffic to withhold"
+    # A rolling update never runs more worker pods than TASK_WORKER_REPLICAS counts.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    # New task code waits for its migrations, as the web does.
+    (web_deployment,) = find(rendered, "Deployment", "app")
+    web_gate = web_deployment["spec"]["template"]["spec"]["initContainers"]
+    assert [c["command"] for c in pod["initContainers"]] == [c["command"] for c in web_gate]
+
+    assert [p for p in find(rendered, "PodDisruptionBudget") if labels_match(p["spec"]["selector"], pod_labels)]
+    for service in find(rendered, "Service"):
+        assert not labels_match({"matchLabels": service["spec"]["selector"]}, pod_labels), service["metadata"]["name"]
+    egress = [
+        p
+        for p in find(rendered, "NetworkPolicy")
+        if "Egress" in p["spec"]["policyTypes"] and labels_match(p["spec"]["podSelector"], pod_labels)
+    ]
+    ports = {port["port"] for p in egress for rule in p["spec"]["egress"] for port in rule.get("ports", [])}
+    assert 5432 in ports, "the worker reaches Postgres"
+
+
 def test_ingress_streams_events_unbuffered(rendered: list[dict[str, Any]]):
     ingresses = {i["metadata"]["name"]: i for i in find(rendered, "Ingress")}
     prefix = "nginx.ingress.kubernetes.io/"
@@ -278,7 +317,7 @@ def test_database_is_reachable_only_from_the_app(rendered: list[dict[str, Any]])
         for peer in rule["from"]:
             assert set(peer) == {"podSelector"}, peer  # no namespace or address range
             admitted = sorted(label for label, labels in pods.items() if labels_match(peer["podSelector"], labels))
-            assert admitted == ["Deployment/app", "Job/migrate"], admitted
+            assert admitted == ["Deployment/app", "Deployment/worker", "Job/migrate"], admitted
 
 
 # --- The container hosts -----------------------------------------------------------------------
@@ -297,8 +336,11 @@ def test_cloud_run_containers_match_the_kubernetes_container_schema():
     service, job = cloud_run.notes["service"], cloud_run.notes["job"]
     assert (service["apiVersion"], service["kind"]) == ("serving.knative.dev/v1", "Service")
     assert (job["apiVersion"], job["kind"]) == ("run.googleapis.com/v1", "Job")
+    pool = cloud_run.notes["worker_pool"]
+    assert (pool["apiVersion"], pool["kind"]) == ("run.googleapis.com/v1", "WorkerPool")
     containers = service["spec"]["template"]["spec"]["containers"]
     containers += job["spec"]["template"]["spec"]["template"]["spec"]["containers"]
+    containers += pool["spec"]["template"]["spec"]["containers"]
     errors = [f"{c['name']}: {e}" for c in containers for e in container_schema_errors(c, KUBERNETES_VERSIONS[-1])]
     assert not errors, "\n".join(errors)
     # Cloud Run sets PORT itself and refuses a service that sets it.
@@ -322,6 +364,8 @@ def test_a_typo_fails_the_container_schema():
         ("task-definition.yaml", "RegisterTaskDefinition"),
         ("service.yaml", "CreateService"),
         ("migrate-task.yaml", "RunTask"),
+        ("worker-task-definition.yaml", "RegisterTaskDefinition"),
+        ("worker-service.yaml", "CreateService"),
     ],
 )
 def test_ecs_files_match_the_ecs_api_model(file: str, operation: str):
@@ -340,6 +384,19 @@ def test_ecs_task_fits_fargate():
     assert service["taskDefinition"] == migrate_task["taskDefinition"] == task["family"]
     assert service["loadBalancers"][0]["containerPort"] == ecs.port
     assert service["deploymentConfiguration"]["minimumHealthyPercent"] == 100
+
+
+def test_ecs_worker_service():
+    ecs = target("ecs")
+    task, service, container = ecs.notes["worker_task"], ecs.notes["worker_service"], ecs.notes["worker_container"]
+    assert task["requiresCompatibilities"] == ["FARGATE"] and task["networkMode"] == "awsvpc"
+    assert 0 < container["stopTimeout"] <= 120  # Fargate's limit
+    assert service["taskDefinition"] == task["family"] != ecs.notes["task"]["family"]
+    assert service["cluster"] == ecs.notes["service"]["cluster"]
+    assert service["networkConfiguration"] == ecs.notes["service"]["networkConfiguration"]
+    assert not service.get("loadBalancers") and not container.get("portMappings"), "nothing sends it requests"
+    # A deploy never runs more worker tasks than TASK_WORKER_REPLICAS counts.
+    assert service["deploymentConfiguration"]["maximumPercent"] == 100
 
 
 def test_ecs_load_balancer_attributes_match_the_elbv2_api_model():
@@ -366,6 +423,9 @@ def test_fly_config():
     assert fly.port == port, "internal_port must be the port gunicorn binds"
     assert config["http_service"]["force_https"] is True
     assert fly.web.secrets, "docs/fly.md sets the secrets with `fly secrets set`"
+    # Requests go to the web's Machines only, never to the worker's.
+    assert set(config["processes"]) == {"app", "worker"}
+    assert config["http_service"]["processes"] == ["app"]
 
 
 def test_render_blueprint():
@@ -378,6 +438,10 @@ def test_render_blueprint():
             assert var["fromDatabase"]["name"] in databases, var
     for database in databases.values():
         assert database["ipAllowList"] == [], "reachable from Render's private network only"
+    worker = render.notes["worker_service"]
+    assert worker["runtime"] == "image" and worker["image"] == service["image"]
+    assert worker["region"] == service["region"] and "healthCheckPath" not in worker
+    assert 1 <= worker["maxShutdownDelaySeconds"] <= 300  # Render's bounds
 
 
 def postgres_major_of_the_stack() -> str:
@@ -416,6 +480,7 @@ def test_env_example_documents_every_variable_the_image_reads():
 
 def workloads(t: Target) -> list[tuple[str, Workload]]:
     found = [("web", t.web), ("migrate", t.migrate)]
+    found += [("worker", t.worker.workload)] if t.worker else []
     return found + ([("gate", t.gate)] if t.gate else [])
 
 
@@ -450,7 +515,7 @@ def _sizing() -> ModuleType:
     return module
 
 
-SIZING = ("APP_REPLICAS", "GUNICORN_WORKERS", "DB_POOL_MAX_SIZE", "DB_SPARE_CONNECTIONS")
+SIZING = ("APP_REPLICAS", "GUNICORN_WORKERS", "DB_POOL_MAX_SIZE", "DB_SPARE_CONNECTIONS", "TASK_WORKER_REPLICAS")
 
 
 @pytest.mark.parametrize("name", list(LOADERS))
@@ -464,12 +529,23 @@ def test_database_connections_fit_postgres(name: str):
     value = {v: int(t.web.env.get(v) or defaults[v].default) for v in SIZING}
     if t.most_instances is not None:
         assert value["APP_REPLICAS"] >= t.most_instances, "APP_REPLICAS must be the most instances the host runs"
+    # Where a host's files set the app's count, they set the worker's beside it.
+    if "APP_REPLICAS" in t.web.env:
+        assert "TASK_WORKER_REPLICAS" in t.web.env, "set beside APP_REPLICAS: the worker's most instances"
+    if t.worker.most_instances is not None:
+        assert value["TASK_WORKER_REPLICAS"] >= t.worker.most_instances, (
+            f"TASK_WORKER_REPLICAS {value['TASK_WORKER_REPLICAS']}, the host runs {t.worker.most_instances} workers"
+        )
     budget = _sizing().ConnectionBudget(
         replicas=value["APP_REPLICAS"],
         workers=value["GUNICORN_WORKERS"],
         pool_max=value["DB_POOL_MAX_SIZE"],
         spare=value["DB_SPARE_CONNECTIONS"],
+        worker_replicas=value["TASK_WORKER_REPLICAS"],
     )
+    # The workers are in the sum: 2 connections each at least (app/core/sizing.py holds the exact term).
+    without_workers = replace(budget, worker_replicas=0)
+    assert budget.total - without_workers.total >= 2 * value["TASK_WORKER_REPLICAS"] > 0, budget.explain()
     assert budget.total <= POSTGRES_AVAILABLE_CONNECTIONS, budget.explain()
 
 
@@ -481,6 +557,13 @@ def test_stopping_drains_within_the_hosts_grace_period(name: str):
     assert t.pause_before_stop + graceful_timeout(t.web) < t.grace
 
 
+def image_command() -> list[str]:
+    """The app image's CMD: the last CMD of the Dockerfile's `app` stage."""
+    stage = re.search(r"^FROM \S+ AS app$(.*?)(?=^FROM |\Z)", (ROOT / "Dockerfile").read_text(), re.M | re.S)
+    assert stage, "the Dockerfile has an `app` stage"
+    return json.loads(re.findall(r"^CMD (\[.*\])$", stage.group(1), re.M)[-1])
+
+
 @pytest.mark.parametrize("name", list(LOADERS))
 def test_probes_and_migrations(name: str):
     t = target(name)
@@ -488,7 +571,48 @@ def test_probes_and_migrations(name: str):
     assert set(t.probes) <= {"/healthz", "/readyz"}
     # Migrations: a command of their own, never part of starting the app.
     assert t.migrate.command == MIGRATE
-    assert t.web.command is None, "the app runs the image's CMD (gunicorn), which never migrates"
+    # The app runs the image's CMD (gunicorn), which never migrates; Fly's process groups write it out.
+    assert t.web.command in (None, image_command())
+    assert "migrate" not in image_command()
+
+
+# --- The task worker ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_every_host_runs_the_worker_from_the_webs_image(name: str):
+    t = target(name)
+    assert t.worker, f"{name}: no task worker"
+    assert t.worker.workload.command == WORKER
+    assert t.image and t.worker.image == t.image, (t.worker.image, t.image)
+    # Where the host runs an exec check, it is the worker's own; elsewhere the host restarts it when it exits.
+    assert t.worker.check in (None, WORKER_CHECK)
+    if name.startswith("kubernetes") or name == "ecs":
+        assert t.worker.check == WORKER_CHECK, "the host runs exec checks: it runs the worker's"
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_worker_gets_the_webs_settings_and_confinement(name: str):
+    """One list: whatever the web is given (settings, secrets, secret files), the worker is given alike."""
+    t = target(name)
+    web, worker = t.web, t.worker.workload
+    assert worker.env == web.env, {k: (web.env.get(k), worker.env.get(k)) for k in set(web.env) ^ set(worker.env)}
+    assert worker.secrets == web.secrets
+    assert worker.secret_files == web.secret_files
+    # Host-set values (Render's database) alike; PORT only where the host routes requests.
+    assert {k: v for k, v in worker.host_env.items() if k != "PORT"} == {
+        k: v for k, v in web.host_env.items() if k != "PORT"
+    }
+    confinement = ("read_only", "tmpfs", "user", "drop_all_capabilities")
+    assert {c: getattr(worker, c) for c in confinement} == {c: getattr(web, c) for c in confinement}
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_worker_stops_within_the_hosts_grace_period(name: str):
+    """SIGTERM: no new task; TASK_WORKER_GRACE is the host's grace period, which the worker keeps within (run.py)."""
+    t = target(name)
+    assert t.worker.stop_signal == "SIGTERM"
+    grace = int(t.worker.workload.env.get("TASK_WORKER_GRACE", registry()["TASK_WORKER_GRACE"].default))
+    assert grace > 0
+    assert grace <= t.worker.grace, f"{name}: TASK_WORKER_GRACE is {grace} s, the host kills after {t.worker.grace} s"
 
 
 # --- Long responses: the live stream, its long-poll, the /events/ demo -------------------------------

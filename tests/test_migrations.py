@@ -26,7 +26,9 @@ def test_the_migrate_step_runs_with_the_timeouts_from_the_environment(stack: Sta
     # As the stack started it: the defaults, as Postgres reports them for the step's connection.
     assert "Migrating with lock_timeout=2s, statement_timeout=1min;" in stack.logs("migrate")
     result = stack.compose(
-        "run", "--rm", "-e", "DB_MIGRATE_LOCK_TIMEOUT=1.5", "-e", "DB_MIGRATE_STATEMENT_TIMEOUT=45", "migrate",
+        # --no-deps: the database is up; converging it again could replace its container.
+        "run", "--rm", "--no-deps", "-e", "DB_MIGRATE_LOCK_TIMEOUT=1.5", "-e", "DB_MIGRATE_STATEMENT_TIMEOUT=45",
+        "migrate",
     )  # fmt: skip
     assert "Migrating with lock_timeout=1500ms, statement_timeout=45s;" in result.stdout, result.stdout
     assert "No migrations to apply." in result.stdout

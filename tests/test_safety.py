@@ -96,7 +96,10 @@ def test_each_installation_gets_its_own_secrets_that_survive_restarts(stack: Sta
 
 def test_no_secret_in_the_image_or_the_logs(stack: Stack):
     values = [read_secret(stack, "django_secret_key"), read_secret(stack, "postgres_password"), stack.api_token]
-    history = docker("history", "--no-trunc", APP_IMAGE) + docker("history", "--no-trunc", "async-django-nginx:local")
+    history = "".join(
+        docker("history", "--no-trunc", image)
+        for image in (APP_IMAGE, "async-django-secrets:local", "async-django-nginx:local")
+    )
     image_env = docker("image", "inspect", "--format", "{{json .Config.Env}}", APP_IMAGE)
     logs = stack.compose("logs", "--no-color").stdout
     for value in values:

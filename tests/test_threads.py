@@ -105,11 +105,13 @@ def test_thousands_of_mixed_requests_leak_no_connection(stack: Stack):
     assert gauges["app_db_pool_idle_connections"] == gauges["app_db_pool_connections"], gauges
     # And from Postgres' side: nothing left in a transaction, nothing beyond the
     # pool's size, and at most the one connection that listens for live updates
-    # (books/live.py), idle between notifications.
+    # (books/live.py), idle between notifications. The task worker's connections
+    # (application_name "task-worker ...", app/worker) are not the app's.
     query = (
         "SELECT count(*) FILTER (WHERE state <> 'idle'), count(*) FILTER (WHERE application_name <> 'books.live'),"
         " count(*) FILTER (WHERE application_name = 'books.live') FROM pg_stat_activity"
         " WHERE usename = current_user AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        " AND application_name NOT LIKE 'task-worker %'"
     )
     out = stack.exec("db", "sh", "-c", f'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "{query}"').stdout
     busy, pooled, listening = (int(n) for n in out.strip().split("|"))

@@ -28,17 +28,20 @@ from django.conf import settings
 from django.db import connections
 from psycopg import sql
 
-from books.models import Book
+from books.models import Book, summary_status
 from core import draining
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "books_book_created"  # the trigger's, migration 0002
+CHANGED = "books_book_changed"  # its summary was written (books/tasks.py): migration 0003
 # How the listening connections show in pg_stat_activity.
 APPLICATION_NAME = "books.live"
-COLUMNS = ("id", "title", "created_at")
+COLUMNS = ("id", "title", "created_at", "summary", "summary_error")
 PAGE = 500  # books per query when catching up
-_SELECT = sql.SQL("SELECT id, title, created_at FROM {table} ").format(table=sql.Identifier(Book._meta.db_table))
+_SELECT = sql.SQL("SELECT {columns} FROM {table} ").format(
+    columns=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), table=sql.Identifier(Book._meta.db_table)
+)
 SELECT_IDS = _SELECT + sql.SQL("WHERE id = ANY(%s) ORDER BY id")
 SELECT_LATEST = _SELECT + sql.SQL("ORDER BY id DESC LIMIT %s")
 SELECT_AFTER = _SELECT + sql.SQL("WHERE id > %s ORDER BY id LIMIT %s")
@@ -49,19 +52,43 @@ class BookEvent:
     id: int
     title: str
     created_at: str  # ISO 8601, UTC, as the API answers it
+    summary: str = ""  # written by the background task (books/tasks.py)
+    summary_error: str = ""
 
     @classmethod
     def from_row(cls, row: tuple) -> BookEvent:
-        book_id, title, created_at = row
-        return cls(book_id, title, created_at.astimezone(datetime.UTC).isoformat())
+        book_id, title, created_at, summary, summary_error = row
+        return cls(book_id, title, created_at.astimezone(datetime.UTC).isoformat(), summary, summary_error)
+
+    @property
+    def summary_status(self) -> str:
+        return summary_status(self.summary, self.summary_error)
 
     def as_dict(self) -> dict[str, object]:
-        return {"id": self.id, "title": self.title, "created_at": self.created_at}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "created_at": self.created_at,
+            "summary_status": self.summary_status,
+            "summary": self.summary,
+            "summary_error": self.summary_error,
+        }
 
     @cached_property
     def sse(self) -> bytes:
         """The book as one Server-Sent Event: built and encoded once, sent to every subscriber."""
         return f"id: {self.id}\nevent: book\ndata: {json.dumps(self.as_dict())}\n\n".encode()
+
+
+@dataclass(frozen=True)
+class BookChange:
+    """A book announced before whose summary has been written: sent without an id, it moves no stream's resume point."""
+
+    book: BookEvent
+
+    @cached_property
+    def sse(self) -> bytes:
+        return f"event: book-update\ndata: {json.dumps(self.book.as_dict())}\n\n".encode()
 
 
 class Signal:
@@ -85,14 +112,14 @@ class Subscriber:
     def __init__(self, size: int, clock: Iterable[str] = ()) -> None:
         self.size = size  # books it may hold
         self.clock = frozenset(clock)  # the Hub's clock signals it is offered: KEEPALIVE, STATS
-        self.items: deque[BookEvent | str] = deque()
+        self.items: deque[BookEvent | BookChange | str] = deque()
         self.ended = False
         self._waiter: asyncio.Future[None] | None = None
 
-    def offer(self, item: BookEvent | str) -> None:
+    def offer(self, item: BookEvent | BookChange | str) -> None:
         if self.ended:
             return
-        if isinstance(item, BookEvent):
+        if not isinstance(item, str):
             if len(self.items) >= self.size:
                 self._end(Signal.OVERFLOW)
                 return
@@ -114,7 +141,7 @@ class Subscriber:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def take(self) -> list[BookEvent | str]:
+    async def take(self) -> list[BookEvent | BookChange | str]:
         """Everything offered so far, in order; waits for the first."""
         while not self.items:
             self._waiter = asyncio.get_running_loop().create_future()
@@ -218,7 +245,7 @@ class Hub:
                 params.pop("cursor_factory", None)  # Django's sync cursor class
                 params["application_name"] = APPLICATION_NAME
                 async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as connection:
-                    await connection.execute(f"LISTEN {CHANNEL}")
+                    await connection.execute(f"LISTEN {CHANNEL}; LISTEN {CHANGED}")
                     await self._catch_up(connection)
                     self.ready.set()
                     if pause > 0.5:
@@ -237,12 +264,15 @@ class Hub:
 
     async def _relay(self, connection: psycopg.AsyncConnection) -> None:
         while True:
-            ids = [int(n.payload) async for n in connection.notifies(timeout=30, stop_after=1)]
-            if not ids:  # 30 s of quiet: make sure the connection still answers
+            notes = [(n.channel, int(n.payload)) async for n in connection.notifies(timeout=30, stop_after=1)]
+            if not notes:  # 30 s of quiet: make sure the connection still answers
                 await connection.execute("SELECT 1")
                 continue
-            rows = await connection.execute(SELECT_IDS, [ids])
-            self._publish(BookEvent.from_row(row) for row in await rows.fetchall())
+            rows = await connection.execute(SELECT_IDS, [list({book_id for _, book_id in notes})])
+            books = {row[0]: BookEvent.from_row(row) for row in await rows.fetchall()}
+            self._publish(books[book_id] for channel, book_id in notes if channel == CHANNEL and book_id in books)
+            changed = {book_id for channel, book_id in notes if channel == CHANGED}
+            self._publish_changes(books[book_id] for book_id in sorted(changed) if book_id in books)
 
     async def _catch_up(self, connection: psycopg.AsyncConnection) -> None:
         """After (re)connecting: the recent books, or every book committed since the last one announced."""
@@ -250,12 +280,16 @@ class Hub:
             cursor = await connection.execute(SELECT_LATEST, [settings.LIVE_BUFFER])
             self._remember(BookEvent.from_row(row) for row in reversed(await cursor.fetchall()))
         else:
+            pending = [book.id for book in self.recent.values() if book.summary_status == "pending"]
             while True:
                 cursor = await connection.execute(SELECT_AFTER, [self.last_id, PAGE])
                 rows = await cursor.fetchall()
                 self._publish(BookEvent.from_row(row) for row in rows)
                 if len(rows) < PAGE:
                     break
+            # Summaries written while it was not listening.
+            cursor = await connection.execute(SELECT_IDS, [pending])
+            self._publish_changes(BookEvent.from_row(row) for row in await cursor.fetchall())
         # Every book above the floor is in memory: all of them, until the buffer is full.
         oldest = next(iter(self.recent), None)
         self.floor = oldest - 1 if oldest is not None and len(self.recent) >= settings.LIVE_BUFFER else 0
@@ -277,6 +311,17 @@ class Hub:
         for book in self._remember(books):
             for subscriber in list(self.subscribers):
                 subscriber.offer(book)
+
+    def _publish_changes(self, books: Iterable[BookEvent]) -> None:
+        """Books known to have changed: kept as they are now, and announced if their summary is new."""
+        for book in books:
+            if self.recent.get(book.id) == book:
+                continue  # nothing new to say
+            if book.id in self.recent:
+                self.recent[book.id] = book  # stays in its place: the order is by id
+            change = BookChange(book)
+            for subscriber in list(self.subscribers):
+                subscriber.offer(change)
 
 
 hub = Hub()

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware, get_token
+from django.tasks.exceptions import TaskResultDoesNotExist
 from django.template.context_processors import csp
 from django.template.loader import render_to_string
 from django.utils.decorators import method_decorator
@@ -32,7 +33,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from books import live
 from books.models import TITLE_MAX_LENGTH, Book
-from core import draining
+from books.tasks import summarize_book
+from core import draining, jsonlog
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +167,47 @@ async def _create(title: object) -> JsonResponse:
     if len(title) > TITLE_MAX_LENGTH:
         return bad_request(f"title must be at most {TITLE_MAX_LENGTH} characters")
     book = await Book.objects.acreate(title=title)
-    return JsonResponse({"id": book.id, "title": book.title, "created_at": book.created_at.isoformat()}, status=201)
+    # Its summary is written in the background (books/tasks.py): aenqueue adds
+    # a row to the task queue, in Postgres, and returns; a worker runs it. The
+    # request's id goes along, so the task's log lines carry it.
+    result = await summarize_book.aenqueue(book.id, request_id=jsonlog.request_id.get())
+    await Book.objects.filter(pk=book.pk).aupdate(summary_task_id=result.id)
+    return JsonResponse({**_book_json(book), "summary_task_id": result.id}, status=201)
+
+
+def _book_json(book: Book) -> dict[str, object]:
+    return {
+        "id": book.id,
+        "title": book.title,
+        "created_at": book.created_at.isoformat(),
+        "summary_status": book.summary_status,
+        "summary": book.summary,
+        "summary_error": book.summary_error,
+    }
+
+
+async def book_detail(request: HttpRequest, book_id: int) -> JsonResponse:
+    """One book as JSON, with its background task's status (READY, RUNNING, SUCCESSFUL, FAILED) and errors."""
+    book = await Book.objects.filter(pk=book_id).afirst()
+    if book is None:
+        return JsonResponse({"error": f"no book with id {book_id}"}, status=404)
+    task = None
+    if book.summary_task_id:
+        try:
+            result = await summarize_book.aget_result(book.summary_task_id)
+        except TaskResultDoesNotExist:  # pruned (docs/tasks.md): the book keeps the outcome
+            pass
+        else:
+            task = {
+                "id": result.id,
+                "status": result.status.value,
+                "attempts": result.attempts,
+                "enqueued_at": result.enqueued_at.isoformat() if result.enqueued_at else None,
+                "finished_at": result.finished_at.isoformat() if result.finished_at else None,
+                # The exception's class, not its traceback: that stays in the worker's log.
+                "errors": [error.exception_class_path for error in result.errors],
+            }
+    return JsonResponse({**_book_json(book), "task": task})
 
 
 # --- Live: new books as they are committed (books/live.py) ---------------------------------
@@ -224,6 +266,8 @@ async def book_stream(request: HttpRequest) -> HttpResponse:
                     if isinstance(item, live.BookEvent):
                         if item.id not in replayed:
                             parts.append(item.sse)
+                    elif isinstance(item, live.BookChange):  # a summary written: no id, the resume point stays
+                        parts.append(item.sse)
                     elif item == live.Signal.KEEPALIVE:  # a comment: proxies see traffic and keep the stream open
                         parts.append(b": keepalive\n\n")
                     elif item == live.Signal.STATS:
@@ -264,7 +308,7 @@ async def book_updates(request: HttpRequest) -> JsonResponse:
                         # Books committed together are answered together.
                         items = await subscriber.take()
                         books = [item for item in items if isinstance(item, live.BookEvent) and item.id > after]
-                        if not books and items[-1] in live.Signal.ENDING:  # answer now, the client asks again
+                        if not books and isinstance(items[-1], str):  # ending: answer now, the client asks again
                             break
             except TimeoutError:
                 pass

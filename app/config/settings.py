@@ -42,6 +42,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "core",
     "books",
+    # django.tasks' Postgres backend: the queue is a table (app/worker, docs/tasks.md).
+    "django_tasks_db",
+    "worker",
 ]
 
 # Under ASGI, core.handlers.ASGIHandler runs Django's own middleware below
@@ -182,6 +185,8 @@ WORKER_MAX_REQUESTS_IN_FLIGHT = env.int("WORKER_MAX_REQUESTS_IN_FLIGHT", default
 # refuses to go on when that is more than Postgres allows. docs/operations.md, "Sizing".
 APP_REPLICAS = env.int("APP_REPLICAS", default=1)
 DB_SPARE_CONNECTIONS = env.int("DB_SPARE_CONNECTIONS", default=5)
+# Task worker containers (app/worker) in normal operation: 2 connections each.
+TASK_WORKER_REPLICAS = env.int("TASK_WORKER_REPLICAS", default=1)
 
 # --- Migrations: the migrate step never queues the site behind a lock -------------
 # core/management/commands/migrate.py sets these on its own connection, over
@@ -213,6 +218,29 @@ LIVE_RETRY_MS = int(env.float("LIVE_RETRY", default=2.0) * 1000)
 # Seconds between the worker's numbers (open streams, threads) on a stream
 # that asks for them (?stats=1, the live page).
 LIVE_STATS_INTERVAL = env.float("LIVE_STATS_INTERVAL", default=5.0)
+
+# --- Background tasks: django.tasks on Postgres (app/worker, docs/tasks.md) -----------------
+# enqueue()/aenqueue() write a row in the caller's transaction (a rollback
+# removes it); `manage.py run_worker` claims rows with SKIP LOCKED and runs them.
+# https://docs.djangoproject.com/en/6.1/topics/tasks/
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+# Seconds between looks at the queue while it is empty: how late a task may start.
+TASK_WORKER_INTERVAL = env.float("TASK_WORKER_INTERVAL", default=1.0)
+# The platform's grace period for a stopping worker, in seconds (compose's
+# stop_grace_period reads it; tests/test_manifests.py checks every host's is at
+# least this): the running task has until 5 s before it ends to finish, then is
+# interrupted and put back in the queue (worker/run.py).
+TASK_WORKER_GRACE = env.float("TASK_WORKER_GRACE", default=30.0)
+# A task running longer than this many seconds marks its worker stuck: the
+# healthcheck (deploy/worker/healthcheck.py) fails and the platform replaces it.
+TASK_TIME_LIMIT = env.float("TASK_TIME_LIMIT", default=300.0)
+# How many workers may claim a task whose worker died (kill -9, out of memory,
+# a lost machine) before it is recorded as failed instead of run again.
+TASK_MAX_ATTEMPTS = env.int("TASK_MAX_ATTEMPTS", default=3)
+# Seconds between a worker's looks for tasks whose worker is gone.
+TASK_REAP_INTERVAL = env.float("TASK_REAP_INTERVAL", default=15.0)
+# The demo task's slow work (books/tasks.py): seconds it waits, as for a slow API.
+BOOK_SUMMARY_DELAY = env.float("BOOK_SUMMARY_DELAY", default=2.0)
 
 # --- Behind nginx (or another TLS-terminating proxy) ------------------------------
 # nginx overwrites X-Forwarded-Proto on every request (nginx/templates), so the

@@ -120,6 +120,7 @@ def database_connections_fit(
             workers=workers,
             pool_max=_pool_max_size(connections[alias].settings_dict["OPTIONS"]),
             spare=settings.DB_SPARE_CONNECTIONS,
+            worker_replicas=settings.TASK_WORKER_REPLICAS,
         )
         try:
             available, why = _available(alias)
@@ -138,9 +139,9 @@ def database_connections_fit(
                 checks.Error(
                     f"The app may open {budget.total} connections to database {alias!r}, more than the "
                     f"{available} it allows ({why}): {budget.explain()}.",
-                    hint="Lower DB_POOL_MAX_SIZE, the workers per container (GUNICORN_WORKERS, or APP_CPUS) "
-                    "or APP_REPLICAS, or raise max_connections in Postgres. See docs/operations.md, "
-                    '"Sizing".',
+                    hint="Lower DB_POOL_MAX_SIZE, the workers per container (GUNICORN_WORKERS, or APP_CPUS), "
+                    "APP_REPLICAS or TASK_WORKER_REPLICAS, or raise max_connections in Postgres. "
+                    'See docs/operations.md, "Sizing".',
                     id="core.E003",
                 )
             )

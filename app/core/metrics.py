@@ -12,6 +12,7 @@ https://prometheus.github.io/client_python/multiprocess/
 
 import os
 import time
+from collections.abc import Iterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -20,8 +21,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from core.middleware import AsyncMiddleware
+from worker.metrics import QueueCollector
 
 REQUESTS = Counter("app_requests_total", "HTTP requests answered, by route", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -46,11 +50,21 @@ def route_of(request: HttpRequest) -> str:
 
 
 def render() -> bytes:
+    """Every worker's numbers, and the task queue's (worker.metrics: read from Postgres now)."""
+    registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    return generate_latest(REGISTRY)
+    else:
+        registry.register(_ProcessOwn())
+    registry.register(QueueCollector())
+    return generate_latest(registry)
+
+
+class _ProcessOwn(Collector):
+    """This process's own metrics (one process, no PROMETHEUS_MULTIPROC_DIR), beside the queue's."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
 
 
 class MetricsMiddleware(AsyncMiddleware):

@@ -25,6 +25,7 @@ https://docs.djangoproject.com/en/6.1/topics/http/middleware/#asynchronous-suppo
 """
 
 import functools
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,7 @@ from whitenoise.responders import StaticFile
 
 from core import dbpool, health, jsonlog
 
+logger = logging.getLogger("django.request")
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponse]]
 REQUEST_ID = re.compile(r"[0-9A-Za-z-]{8,64}")
 # What CsrfViewMiddleware lets through without a token check.
@@ -141,6 +143,8 @@ class DatabaseUnavailableMiddleware(AsyncMiddleware):
             if isinstance(exception.__cause__, TooManyRequests):
                 dbpool.forget_timed_out_waiters()
                 return unavailable("server busy, try again shortly")
+            # The cause, for whoever reads the log: the client only learns to retry.
+            logger.warning("database unavailable: %s: %s", type(exception.__cause__ or exception).__name__, exception)
             return unavailable("database unavailable, try again shortly")
         return None
 

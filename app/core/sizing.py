@@ -48,6 +48,10 @@ def worker_count(environ: Mapping[str, str] = os.environ, cgroup: Path = CGROUP)
     return workers
 
 
+# Connections a task worker's pool holds at most (app/worker/run.py sets it).
+TASK_WORKER_POOL_SIZE = 2
+
+
 @dataclass(frozen=True)
 class ConnectionBudget:
     """The most connections the app's processes may hold at once, term by term."""
@@ -56,6 +60,7 @@ class ConnectionBudget:
     workers: int  # worker_count(): processes per container, one pool each
     pool_max: int  # DB_POOL_MAX_SIZE
     spare: int  # DB_SPARE_CONNECTIONS: psql, a backup, a monitoring agent
+    worker_replicas: int = 0  # TASK_WORKER_REPLICAS: task worker containers (app/worker)
 
     @property
     def surge(self) -> int:
@@ -76,13 +81,26 @@ class ConnectionBudget:
         return self.pool_max
 
     @property
+    def per_task_worker(self) -> int:
+        # The worker's own pool (app/worker/run.py): one connection for its
+        # loop and the task it runs, one for a task that queries from a thread.
+        return TASK_WORKER_POOL_SIZE
+
+    @property
+    def task_workers(self) -> int:
+        # Its rolling deploy also starts one more before it stops one.
+        return (self.worker_replicas + self.surge) * self.per_task_worker if self.worker_replicas else 0
+
+    @property
     def total(self) -> int:
-        return (self.replicas + self.surge) * self.workers * self.per_worker + self.migrate + self.spare
+        web = (self.replicas + self.surge) * self.workers * self.per_worker
+        return web + self.task_workers + self.migrate + self.spare
 
     def explain(self) -> str:
         return (
             f"(APP_REPLICAS {self.replicas} + {self.surge} during a rolling deploy) x {self.workers} workers "
             f"(GUNICORN_WORKERS, else the container's CPU limit, APP_CPUS) x (DB_POOL_MAX_SIZE {self.pool_max} "
-            f"+ 1 listening for live updates) + {self.migrate} for the migrate step "
+            f"+ 1 listening for live updates) + (TASK_WORKER_REPLICAS {self.worker_replicas} + {self.surge}) "
+            f"x {self.per_task_worker} for the task workers + {self.migrate} for the migrate step "
             f"+ DB_SPARE_CONNECTIONS {self.spare} = {self.total}"
         )

@@ -12,7 +12,9 @@
 # and end open streams, and remove it. The number of replicas stays as it was;
 # with one, requests are still served throughout, by the new container once
 # the old one drains. If a new container does not become healthy, it is
-# removed, the old ones keep serving, and the script exits 1.
+# removed, the old ones keep serving, and the script exits 1. The task worker
+# is replaced last (its running task finishes or goes back in the queue); the
+# database and the other one-shot steps are left as they are.
 #
 # Run it where you run `docker compose`; the options that pick the project
 # reach compose through its own variables (COMPOSE_PROJECT_NAME, COMPOSE_FILE,
@@ -55,7 +57,8 @@ fi
 replicas=${#old[@]}
 
 log "running migrations"
-docker compose run --rm migrate
+# --no-deps: the database runs already; compose must not converge it.
+docker compose run --rm --no-deps migrate
 
 for id in "${old[@]}"; do
     before=$(running_app_containers)
@@ -83,3 +86,5 @@ for id in "${old[@]}"; do
     docker compose exec -T nginx app-upstream undrain "${addresses[@]}"
 done
 log "replaced ${replicas} app container(s)"
+log "replacing the task worker"
+docker compose up --detach --no-deps --wait --wait-timeout "$health_timeout" worker

@@ -84,7 +84,14 @@ def test_a_stream_replays_what_was_missed_then_goes_live(asgi):
     assert books_in(until.chunks) == [b.id for b in first[2:]] + [newest.id]  # in order, each once
     assert until.chunks[0].startswith(b"retry: 2000\n")
     data = json.loads(re.search(rb"data: (.*)\n", until.chunks[-2] + until.chunks[-1]).group(1))
-    assert data == {"id": newest.id, "title": newest.title, "created_at": newest.created_at.isoformat()}
+    assert data == {
+        "id": newest.id,
+        "title": newest.title,
+        "created_at": newest.created_at.isoformat(),
+        "summary_status": "pending",  # its task is queued: no worker runs in this test
+        "summary": "",
+        "summary_error": "",
+    }
     assert response.messages[-1] == {"type": "http.response.body"}  # ended properly, by the drain
 
 
@@ -301,3 +308,26 @@ def test_the_bearer_token_never_needs_csrf_even_beside_a_session(asgi):
     assert asgi.post("/books/", {"title": "by token"}, headers=headers).status_code == 201
     wrong = {"Cookie": staff_cookie(), "Authorization": "Bearer wrong", "X-CSRFToken": CSRF}
     assert asgi.post("/books/", {"title": "by token"}, headers=wrong).status_code == 401  # a token is judged as one
+
+
+def test_a_written_summary_reaches_open_streams_as_an_update_without_an_id(asgi):
+    book = Book.objects.create(title="summarised later")
+
+    @sync_to_async
+    def write_summary() -> None:
+        Book.objects.filter(pk=book.pk).update(summary="a summary")  # as books.tasks does, or psql
+        connection.close()
+
+    def write_when_open(ids, body):
+        return write_summary() if body.startswith(b"retry:") else None
+
+    until = StreamUntil(lambda ids: False, write_when_open)
+    until.done = lambda ids: b"event: book-update" in b"".join(until.chunks)
+    response = asgi.get("/books/stream/", {"after": str(book.id)}, on_send=until)
+    assert response.status_code == 200 and books_in(until.chunks) == []  # not a new book
+    update = re.search(rb"(?m)^(id: .*\n)?event: book-update\ndata: (.*)\n", b"".join(until.chunks))
+    assert update.group(1) is None  # no id: the client's resume point stays where it was
+    data = json.loads(update.group(2))
+    assert data["id"] == book.id and data["summary_status"] == "done" and data["summary"] == "a summary"
+    # The page rendered after it shows the summary too (the Hub keeps books as they are now).
+    assert "a summary" in asgi.get("/").content.decode()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from django.conf import settings
 from django.core import checks as django_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
@@ -91,9 +92,14 @@ def pool_max() -> int:
     return connection.settings_dict["OPTIONS"]["pool"]["max_size"]
 
 
+def task_workers() -> int:
+    """The task workers' connections: TASK_WORKER_REPLICAS + 1 during a deploy, a small pool each."""
+    return (settings.TASK_WORKER_REPLICAS + 1) * sizing.TASK_WORKER_POOL_SIZE
+
+
 def replicas_that_fit(workers: int, spare: int) -> int:
     """The largest APP_REPLICAS whose sum still fits the database."""
-    return (available() - pool_max() - spare) // (workers * (pool_max() + 1)) - 1
+    return (available() - pool_max() - spare - task_workers()) // (workers * (pool_max() + 1)) - 1
 
 
 @pytest.mark.django_db
@@ -122,9 +128,10 @@ def test_the_last_replica_that_fits_and_the_first_that_does_not(monkeypatch):
     with override_settings(APP_REPLICAS=fits + 1, DB_SPARE_CONNECTIONS=5):
         (message,) = checks.database_connections_fit(None, databases=["default"])
     assert message.id == "core.E003" and message.is_serious()
-    total = (fits + 2) * 2 * (pool_max() + 1) + pool_max() + 5
+    total = (fits + 2) * 2 * (pool_max() + 1) + task_workers() + pool_max() + 5
     assert f"may open {total} connections to database 'default', more than the {available()} it allows" in message.msg
-    for name in ("APP_REPLICAS", "GUNICORN_WORKERS", "APP_CPUS", "DB_POOL_MAX_SIZE", "DB_SPARE_CONNECTIONS"):
+    names = ("APP_REPLICAS", "GUNICORN_WORKERS", "APP_CPUS", "DB_POOL_MAX_SIZE", "DB_SPARE_CONNECTIONS")
+    for name in (*names, "TASK_WORKER_REPLICAS"):
         assert name in message.msg + message.hint
     assert "max_connections" in message.hint
 

@@ -1,5 +1,5 @@
-"""The upgrade guard: every internal of Django, asgiref, whitenoise, uvicorn, uvicorn-worker,
-gunicorn and psycopg_pool that the project copies, re-implements or relies on, pinned by a hash of its source.
+"""The upgrade guard: every internal of Django, asgiref, whitenoise, uvicorn, uvicorn-worker, gunicorn,
+psycopg_pool and django-tasks-db that the project copies, re-implements or relies on, pinned by a hash of its source.
 
 An upgrade that changes any of them fails here, naming the project file to
 review. Review it against the new code (and rerun tests/django_suite and
@@ -17,6 +17,7 @@ MIDDLEWARE = "app/core/middleware.py"
 WORKER = "deploy/gunicorn/workers.py"
 PROTOCOL = "deploy/gunicorn/protocol.py"
 DBPOOL = "app/core/dbpool.py"
+TASK_WORKER = "app/worker/run.py, app/worker/reaper.py, app/worker/management/commands/run_worker.py"
 
 # The project file that depends on them -> dotted path -> (the first 12 hex digits of the
 # sha256 of its source, how the file depends on it).
@@ -86,6 +87,19 @@ REVIEWED: dict[str, dict[str, tuple[str, str]]] = {
         "psycopg_pool.pool.ConnectionPool._get_ready_connection": ("99b699260c88", "max_waiting counts the queue"),
         "psycopg_pool.pool.ConnectionPool._return_connection": ("282265749082", "skips waiters that are gone"),
         "psycopg_pool.pool.WaitingClient": ("f00fae1f8146", "conn and error say a wait ended"),
+    },
+    TASK_WORKER: {
+        "django_tasks_db.management.commands.db_worker.Worker.run": ("99b3cb9412f2", "extended: the keeper beside it"),
+        "django_tasks_db.management.commands.db_worker.Worker.run_task": (
+            "f317615342cf",
+            "extended: records an interruption as FAILED, which run.py turns back into READY",
+        ),
+        "django_tasks_db.management.commands.db_worker.Worker.shutdown": ("830354e8c56f", "extended: the deadline"),
+        "django_tasks_db.management.commands.db_worker.Worker.configure_signals": ("21a19efc54cd", "extended"),
+        "django_tasks_db.management.commands.db_worker.Command.handle": ("f4126866e419", "copied, with our Worker"),
+        "django_tasks_db.models.DBTaskResult.claim": ("04900eaecf8a", "worker_ids counts the claims"),
+        "django_tasks_db.models.DBTaskResult.set_failed": ("ce4256ecd879", "the reaper records WorkerLost"),
+        "django_tasks_db.models.DBTaskResultQuerySet.ready": ("0ada290f2e29", "READY is what the reaper sets"),
     },
 }
 CASES = {

@@ -1,6 +1,7 @@
 // The live page's script (books/index.html): new books from /books/stream/ as they
-// are committed, the numbers of the worker serving the stream, and the staff's add
-// form sent without leaving the page. A file, not inline code: the page's
+// are committed, each book's summary when the background task has written it, the
+// numbers of the worker serving the stream, and the staff's add form sent without
+// leaving the page. A file, not inline code: the page's
 // Content-Security-Policy allows this site's scripts and the one nonce'd inline script.
 "use strict";
 
@@ -30,6 +31,41 @@
     return `${count} ${count === 1 ? one : many}`;
   }
 
+  // A book's summary, written by a background task: pending, then done (or failed).
+  const SUMMARY_TEXT = { pending: "Summary: being written in the background…" };
+
+  function showSummary(item, book) {
+    let summary = item.querySelector(".summary");
+    if (!summary) {
+      summary = document.createElement("p");
+      summary.className = "summary";
+      item.append(summary);
+    }
+    summary.dataset.status = book.summary_status;
+    summary.textContent = SUMMARY_TEXT[book.summary_status] || book.summary || book.summary_error;
+  }
+
+  function updateBook(book) {
+    const item = list.querySelector(`li[data-id="${Number(book.id)}"]`);
+    if (item) {
+      showSummary(item, book);
+    }
+  }
+
+  // After a reconnect: summaries written meanwhile were announced to the old stream.
+  async function refreshPending() {
+    for (const summary of list.querySelectorAll('.summary[data-status="pending"]')) {
+      try {
+        const response = await fetch(`/books/${Number(summary.parentElement.dataset.id)}/`);
+        if (response.ok) {
+          updateBook(await response.json());
+        }
+      } catch {
+        // offline again: the next reconnect tries again
+      }
+    }
+  }
+
   function addBook(book) {
     if (!Number.isSafeInteger(book.id) || shown.has(book.id)) {
       return; // already on the page: rendered, or replayed after a reconnect
@@ -45,6 +81,7 @@
     time.dateTime = book.created_at;
     time.textContent = `${book.created_at.slice(0, 10)} ${book.created_at.slice(11, 16)} UTC`;
     item.append(title, " ", time);
+    showSummary(item, book);
     // Newest first, by id: books committed together may be announced in either order.
     const older = Array.from(list.children).find((other) => Number(other.dataset.id) < book.id);
     list.insertBefore(item, older || null);
@@ -64,15 +101,21 @@
   function connect() {
     say("connecting", "Connecting…");
     source = new EventSource(`/books/stream/?stats=1&after=${after}`);
+    let reconnected = false;
     source.addEventListener("open", () => {
       pause = FIRST_PAUSE_MS;
       say("live", "Live: new books appear as they are added.");
+      if (reconnected) {
+        refreshPending();
+      }
+      reconnected = true;
     });
     source.addEventListener("book", (event) => {
       const book = JSON.parse(event.data);
       after = book.id; // what the browser itself sends as Last-Event-ID
       addBook(book);
     });
+    source.addEventListener("book-update", (event) => updateBook(JSON.parse(event.data)));
     source.addEventListener("stats", (event) => showStats(JSON.parse(event.data)));
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CONNECTING) {

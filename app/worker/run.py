@@ -1,0 +1,157 @@
+"""The task worker: django-tasks-db's Worker, with what running it in production takes.
+
+django_tasks_db's loop claims one READY task at a time with SKIP LOCKED, runs
+it and records the outcome; on SIGTERM it starts no new task and lets the
+running one finish. Around it, this module adds (docs/tasks.md):
+
+- a deadline on that finish: TASK_WORKER_GRACE is the platform's grace period
+  (compose's stop_grace_period reads it too); GRACE_MARGIN seconds before it
+  ends, the task is interrupted and put back in the queue, never killed
+  half-recorded;
+- a keeper thread that writes the heartbeat the healthcheck reads
+  (deploy/worker/healthcheck.py) and runs the reaper (reaper.py);
+- the worker's identity on every database connection (identity.py), in a
+  pool of its own size (core.sizing.TASK_WORKER_POOL_SIZE);
+- the enqueuing request's id on every log line of the task.
+"""
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from django.conf import settings
+from django.db import connection, connections
+from django_tasks_db.management.commands import db_worker
+from django_tasks_db.models import DBTaskResult
+
+from core import jsonlog
+from core.sizing import TASK_WORKER_POOL_SIZE
+from worker import identity
+from worker.reaper import Reaper, requeue
+
+logger = logging.getLogger("worker")
+
+HEARTBEAT = Path("/tmp/task-worker.json")  # noqa: S108 (the container's own tmpfs; the healthcheck reads it)
+BEAT_SECONDS = 1.0
+GRACE_MARGIN = 5.0  # seconds to put an interrupted task back and exit before the platform's kill
+
+
+class Interrupted(BaseException):
+    """The worker is stopping and its grace period is nearly over: the task goes back in the queue."""
+
+
+INTERRUPTED = f"{Interrupted.__module__}.{Interrupted.__qualname__}"
+
+
+def prepare_connections(worker: str) -> None:
+    """Every connection of this process named after the worker, from a pool of the size core.E003 counts."""
+    options = connections["default"].settings_dict["OPTIONS"]
+    options["application_name"] = identity.application_name(worker)
+    if isinstance(options.get("pool"), dict):
+        options["pool"] = {**options["pool"], "min_size": 1, "max_size": TASK_WORKER_POOL_SIZE}
+
+
+class Worker(db_worker.Worker):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.task_id = ""
+        self.task_since = 0.0
+        self.deadline: float | None = None  # monotonic time at which the running task is interrupted
+        self.keeper = Keeper(self)
+
+    def configure_signals(self) -> None:
+        super().configure_signals()
+        signal.signal(signal.SIGUSR1, self.interrupt)
+
+    def shutdown(self, signum: int, frame: FrameType | None) -> None:
+        if self.running and self.running_task:
+            grace = max(settings.TASK_WORKER_GRACE - GRACE_MARGIN, 0.0)
+            self.deadline = time.monotonic() + grace
+            logger.warning("stopping: task %s has %.0f s to finish, or goes back in the queue", self.task_id, grace)
+        super().shutdown(signum, frame)
+
+    def interrupt(self, signum: int, frame: FrameType | None) -> None:
+        """SIGUSR1, sent by the keeper at the deadline: raised inside the task, recorded, then requeued by run_task."""
+        if self.running_task and self.task_id:
+            raise Interrupted(f"the worker stopped and its grace period ({settings.TASK_WORKER_GRACE:.0f} s) ran out")
+
+    def run(self) -> None:
+        self.keeper.start()
+        try:
+            super().run()
+        finally:
+            self.keeper.stop()
+
+    def run_task(self, db_task_result: DBTaskResult) -> None:
+        self.task_id, self.task_since = str(db_task_result.id), time.time()
+        kwargs = (db_task_result.args_kwargs or {}).get("kwargs") or {}
+        request_id = jsonlog.request_id.set(str(kwargs.get("request_id", "")))
+        self.keeper.beat()
+        try:
+            super().run_task(db_task_result)  # records SUCCESSFUL or FAILED, sends task_finished
+        finally:
+            jsonlog.request_id.reset(request_id)
+            self.task_id = ""
+            self.keeper.beat()
+        if db_task_result.exception_class_path == INTERRUPTED:
+            requeue(db_task_result)
+            logger.warning("task %s interrupted by the stop: back in the queue", db_task_result.id)
+
+
+class Keeper(threading.Thread):
+    """Beside the loop: the heartbeat every second, the reaper every TASK_REAP_INTERVAL, the deadline of a stop."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="task-worker keeper", daemon=True)
+        self.worker = worker
+        self.reaper = Reaper(worker.backend_name)
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
+
+    def beat(self) -> None:
+        """Write what the worker is doing, atomically: the healthcheck reads it."""
+        worker = self.worker
+        state = {
+            "pid": os.getpid(),
+            "worker_id": worker.worker_id,
+            "beat": time.time(),
+            "task": worker.task_id,
+            "task_since": worker.task_since if worker.task_id else None,
+            "time_limit": settings.TASK_TIME_LIMIT,
+        }
+        partial = HEARTBEAT.with_name(f".{HEARTBEAT.name}.{os.getpid()}")
+        try:
+            with self.lock:
+                partial.write_text(json.dumps(state))
+                partial.replace(HEARTBEAT)
+        except OSError as error:  # never a reason to fail a task; the healthcheck sees a stale beat
+            logger.warning("could not write the heartbeat %s: %s", HEARTBEAT, error)
+
+    def run(self) -> None:
+        reap_at = time.monotonic()
+        interrupted = False
+        while not self.stopped.is_set():
+            self.beat()
+            now = time.monotonic()
+            deadline = self.worker.deadline
+            if deadline is not None and now >= deadline and self.worker.task_id and not interrupted:
+                interrupted = True
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)  # type: ignore[arg-type]
+            if now >= reap_at:
+                reap_at = now + settings.TASK_REAP_INTERVAL
+                try:
+                    self.reaper.reap()
+                except Exception:
+                    logger.exception("the reaper failed; it looks again in %.0f s", settings.TASK_REAP_INTERVAL)
+                finally:
+                    connection.close()  # this thread's connection, back to the pool
+            self.stopped.wait(BEAT_SECONDS)
