@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tests.stack import ROOT
+from harness.stack import ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -175,7 +175,8 @@ class Target:
     worker: Worker | None = None
     # What may cut a long response, where the files set it, in seconds, by the path prefix it
     # applies to ("/": every path): how long a response may last in all (Cloud Run's request
-    # timeout), and how long it may stay silent (an ingress' read timeout, an idle timeout).
+    # timeout, an HTTPRoute rule's request timeout; infinite where "0s" turns it off), and how
+    # long it may stay silent (a proxy's read timeout, an idle timeout).
     response_timeouts: dict[str, float] = field(default_factory=dict)
     idle_timeouts: dict[str, float] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
@@ -233,15 +234,57 @@ def _only_set(timeouts: dict[str, Any]) -> dict[str, float]:
     return {path: float(value) for path, value in timeouts.items() if value is not None}
 
 
-def ingress_read_timeouts(docs: list[dict[str, Any]]) -> dict[str, float]:
-    """Each Ingress path's proxy-read-timeout: the silence ingress-nginx waits through on a response."""
+# Custom resources (CRDs) the manifests use: validated against their CRDs' schemas
+# (tests/test_k8s_crds.py), not against Kubernetes' own (tests/test_manifests.py).
+CUSTOM_RESOURCE_GROUPS = frozenset({"gateway.networking.k8s.io", "keda.sh"})
+
+
+def is_custom_resource(doc: dict[str, Any]) -> bool:
+    return doc["apiVersion"].rpartition("/")[0] in CUSTOM_RESOURCE_GROUPS
+
+
+def gateway_duration(value: str) -> float:
+    """A Gateway API duration (GEP-2257: "30s", "1h30m", "500ms") in seconds; "0s" (no timeout) is infinite."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+)(h|ms|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, f"not a Gateway API duration: {value!r}"
+    seconds = sum(int(number) * units[unit] for number, unit in parts)
+    return seconds or float("inf")
+
+
+def route_timeouts(docs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each HTTPRoute path prefix's request timeout: how long the Gateway lets a response last in all."""
     timeouts = {}
-    for ingress in find(docs, "Ingress"):
-        value = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-read-timeout")
-        if value is not None:
-            for rule in ingress["spec"]["rules"]:
-                timeouts.update({path["path"]: float(value) for path in rule["http"]["paths"]})
+    for route in find(docs, "HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            request = rule.get("timeouts", {}).get("request")
+            if request is None:  # the implementation's default, which the files do not set
+                continue
+            for match in rule.get("matches", [{"path": {"type": "PathPrefix", "value": "/"}}]):
+                path = match.get("path", {"type": "PathPrefix", "value": "/"})
+                assert path["type"] == "PathPrefix", path  # the only kind used here
+                timeouts[path["value"]] = gateway_duration(request)
     return timeouts
+
+
+def autoscalers(docs: list[dict[str, Any]], deployment: str) -> list[dict[str, Any]]:
+    """The HPAs and KEDA ScaledObjects that set a Deployment's replica count."""
+    return [
+        d
+        for d in find(docs, "HorizontalPodAutoscaler") + find(docs, "ScaledObject")
+        if d["spec"]["scaleTargetRef"]["name"] == deployment
+        and d["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    ]
+
+
+def most_replicas(docs: list[dict[str, Any]], deployment: str) -> int | None:
+    """The most pods its autoscaler runs (an HPA's maxReplicas, a ScaledObject's maxReplicaCount); None without one."""
+    found = autoscalers(docs, deployment)
+    if not found:
+        return None
+    (scaler,) = found  # two on one Deployment fight over its count
+    spec = scaler["spec"]
+    return spec["maxReplicas"] if scaler["kind"] == "HorizontalPodAutoscaler" else spec.get("maxReplicaCount", 100)
 
 
 def _k8s_worker(docs: list[dict[str, Any]]) -> Worker:
@@ -249,8 +292,7 @@ def _k8s_worker(docs: list[dict[str, Any]]) -> Worker:
     pod = deployment["spec"]["template"]["spec"]
     (container,) = [c for c in pod["containers"] if c["name"] == "worker"]
     # An autoscaler on the worker owns its count; without one, the Deployment's replicas.
-    scalers = [h for h in find(docs, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == "worker"]
-    most = scalers[0]["spec"]["maxReplicas"] if scalers else deployment["spec"].get("replicas", 1)
+    most = most_replicas(docs, "worker") or deployment["spec"].get("replicas", 1)
     return Worker(
         workload=_k8s_workload(docs, pod, container),
         image=container["image"],
@@ -281,8 +323,9 @@ def kubernetes(overlay: Path) -> Target:
         stop_signal="SIGTERM",
         grace=pod.get("terminationGracePeriodSeconds", 30),
         pause_before_stop=pre_stop.get("sleep", {}).get("seconds", 0),
-        most_instances=find(docs, "HorizontalPodAutoscaler", "app")[0]["spec"]["maxReplicas"],
-        idle_timeouts=ingress_read_timeouts(docs),
+        most_instances=most_replicas(docs, "app"),
+        # The Gateway API has no idle timeout of its own (docs/kubernetes.md: each implementation's).
+        response_timeouts=route_timeouts(docs),
         notes={"docs": docs},
     )
 

@@ -2,7 +2,9 @@
 
 - Kubernetes: every overlay rendered with `kubectl kustomize` and validated,
   strictly, against the schemas of Kubernetes 1.34 and the newest release
-  kubernetes-validate holds; then its wiring, pod security and stop timing.
+  kubernetes-validate holds (the custom resources, HTTPRoutes and KEDA's
+  ScaledObject, against their CRDs in tests/test_k8s_crds.py); then its
+  wiring, pod security, stop timing, routes, metrics port and autoscaler.
 - Container hosts: the ECS files against botocore's ECS API model, Cloud Run's
   containers against the Kubernetes Container schema, fly.toml and render.yaml
   (no offline schema exists for them) by their own rules.
@@ -39,7 +41,10 @@ from tests.hosts import (
     ROOT,
     Target,
     Workload,
+    autoscalers,
     find,
+    gateway_duration,
+    is_custom_resource,
     pod_templates,
     read_by_the_image,
     registry,
@@ -93,7 +98,8 @@ def test_both_overlays_exist():
 
 def test_overlays_validate_against_kubernetes_schemas(rendered: list[dict[str, Any]]):
     errors = []
-    for doc in rendered:
+    # Custom resources have no schema here: tests/test_k8s_crds.py checks them against their CRDs.
+    for doc in (d for d in rendered if not is_custom_resource(d)):
         for version in KUBERNETES_VERSIONS:
             label = f"{doc['kind']}/{doc['metadata']['name']} on {version}"
             try:
@@ -104,8 +110,9 @@ def test_overlays_validate_against_kubernetes_schemas(rendered: list[dict[str, A
                 errors.append(f"{label}: {exc.message}")
     assert not errors, "\n".join(errors)
     kinds = {doc["kind"] for doc in rendered}
-    wanted = {"Namespace", "ConfigMap", "Deployment", "Service", "Ingress", "HorizontalPodAutoscaler"}
-    assert wanted | {"PodDisruptionBudget", "Job", "NetworkPolicy"} <= kinds
+    wanted = {"Namespace", "ConfigMap", "Deployment", "Service", "HTTPRoute", "PodDisruptionBudget", "Job"}
+    assert wanted | {"NetworkPolicy"} <= kinds
+    assert "Ingress" not in kinds, "the Gateway API's HTTPRoutes serve the app (ingress-nginx is retired)"
 
 
 def test_example_secret_is_valid_and_holds_no_secret():
@@ -137,16 +144,36 @@ def test_overlay_wiring(rendered: list[dict[str, Any]]):
 
     config = next(d["data"] for d in find(rendered, "ConfigMap") if d["metadata"]["name"].startswith("app-config"))
     allowed_hosts = config["DJANGO_ALLOWED_HOSTS"].split(",")
-    for ingress in find(rendered, "Ingress"):
-        for rule in ingress["spec"]["rules"]:
-            assert rule["host"] in allowed_hosts, (ingress["metadata"]["name"], rule["host"], allowed_hosts)
-            for path in rule["http"]["paths"]:
-                backend = path["backend"]["service"]
-                assert backend["name"] == "app"
-                assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    service_ports = {p["port"] for p in service["spec"]["ports"]}
+    for route in find(rendered, "HTTPRoute"):
+        name = route["metadata"]["name"]
+        for host in route["spec"].get("hostnames", []):
+            assert host in allowed_hosts, (name, host, allowed_hosts)
+        # Each overlay names its Gateway; the base's placeholder never reaches a cluster.
+        assert route["spec"]["parentRefs"] and all(ref["name"] != "gateway" for ref in route["spec"]["parentRefs"])
+        for rule in route["spec"]["rules"]:
+            for backend in rule["backendRefs"]:
+                assert backend.get("kind", "Service") == "Service" and backend["name"] == "app", (name, backend)
+                assert backend["port"] in service_ports, (name, backend)  # the Service's port, not the pod's
+    # A Gateway in the overlay itself (the trial's) has the listener the routes name and admits them.
+    for gateway in find(rendered, "Gateway"):
+        listeners = {listener["name"]: listener for listener in gateway["spec"]["listeners"]}
+        for route in find(rendered, "HTTPRoute"):
+            for ref in route["spec"]["parentRefs"]:
+                if ref["name"] == gateway["metadata"]["name"] and "namespace" not in ref:
+                    listener = listeners[ref["sectionName"]]
+                    assert listener["allowedRoutes"]["namespaces"]["from"] in {"Same", "All"}
 
-    (hpa,) = find(rendered, "HorizontalPodAutoscaler", "app")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"}
+    # One autoscaler owns the app's count: the CPU HPA, or KEDA's ScaledObject in its place.
+    (scaler,) = autoscalers(rendered, "app")
+    reference = scaler["spec"]["scaleTargetRef"]
+    assert (reference.get("apiVersion", "apps/v1"), reference.get("kind", "Deployment")) == ("apps/v1", "Deployment")
+
+    # Everything in the app's namespace (a component's resources get it only from the overlay).
+    (namespace,) = find(rendered, "Namespace")
+    for doc in rendered:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == namespace["metadata"]["name"], (doc["kind"], doc["metadata"])
     (pdb,) = find(rendered, "PodDisruptionBudget", "app")
     assert labels_match(pdb["spec"]["selector"], pod_labels)
 
@@ -259,43 +286,53 @@ def test_worker_deployment(rendered: list[dict[str, Any]]):
     assert 5432 in ports, "the worker reaches Postgres"
 
 
-def test_ingress_streams_events_unbuffered(rendered: list[dict[str, Any]]):
-    ingresses = {i["metadata"]["name"]: i for i in find(rendered, "Ingress")}
-    prefix = "nginx.ingress.kubernetes.io/"
-    events = ingresses["app-events"]
-    assert [p["path"] for r in events["spec"]["rules"] for p in r["http"]["paths"]] == ["/events/"]
-    assert events["metadata"]["annotations"][prefix + "proxy-buffering"] == "off"
-    for ingress in ingresses.values():
-        assert ingress["spec"]["ingressClassName"] == "nginx"
-        annotations = ingress["metadata"]["annotations"]
-        assert {prefix + "proxy-read-timeout", prefix + "proxy-send-timeout"} <= set(annotations)
-
-
 # The live updates (docs/live-updates.md): a stream that stays open, and its long-poll fallback.
 LIVE_PATHS = ("/books/stream/", "/books/updates/")
+STREAM_PATHS = ("/events/", *LIVE_PATHS)
 
 
-def serving_ingress(rendered: list[dict[str, Any]], path: str) -> dict[str, Any]:
-    """The Ingress ingress-nginx sends a request path to: the longest Prefix path that matches it."""
+def serving_rule(rendered: list[dict[str, Any]], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(HTTPRoute, rule) a Gateway sends a request path to: the longest PathPrefix that matches, over all routes."""
     candidates = [
-        (entry["path"], ingress)
-        for ingress in find(rendered, "Ingress")
-        for rule in ingress["spec"]["rules"]
-        for entry in rule["http"]["paths"]
-        if entry["pathType"] == "Prefix" and path.startswith(entry["path"])
+        (match["path"]["value"], route, rule)
+        for route in find(rendered, "HTTPRoute")
+        for rule in route["spec"]["rules"]
+        for match in rule["matches"]
+        if match["path"]["type"] == "PathPrefix" and path.startswith(match["path"]["value"])
     ]
-    assert candidates, f"no Ingress serves {path}"
-    return max(candidates, key=lambda candidate: len(candidate[0]))[1]
+    assert candidates, f"no HTTPRoute serves {path}"
+    _, route, rule = max(candidates, key=lambda candidate: len(candidate[0]))
+    return route, rule
 
 
-def test_ingress_passes_live_updates_unbuffered(rendered: list[dict[str, Any]]):
-    buffering = "nginx.ingress.kubernetes.io/proxy-buffering"
-    for path in LIVE_PATHS:
-        ingress = serving_ingress(rendered, path)
-        assert ingress["metadata"]["annotations"].get(buffering) == "off", (path, ingress["metadata"]["name"])
-    # ingress-nginx buffers nothing unless told (its default is "off", nginx's is "on"): each Ingress says which.
-    for ingress in find(rendered, "Ingress"):
-        assert ingress["metadata"]["annotations"].get(buffering) in {"on", "off"}, ingress["metadata"]["name"]
+def test_routes_bound_ordinary_requests_and_let_streams_last(rendered: list[dict[str, Any]]):
+    """Every rule says how long a response may last: ordinary ones bounded, each stream as long as the app lets it."""
+    for route in find(rendered, "HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            timeouts = rule.get("timeouts", {})
+            # Unset, it is the implementation's choice: 15 s on Envoy, which would cut the streams.
+            assert "request" in timeouts, (route["metadata"]["name"], rule.get("name"))
+            # The CRD's CEL rule, which schema validation does not evaluate.
+            if "backendRequest" in timeouts and gateway_duration(timeouts["request"]) != float("inf"):
+                assert gateway_duration(timeouts["backendRequest"]) <= gateway_duration(timeouts["request"])
+    _, pages = serving_rule(rendered, "/books/")
+    ordinary = gateway_duration(pages["timeouts"]["request"])
+    # Bounded, and longer than the slowest ordinary demo (/async/?seconds=MAX_SLEEP_SECONDS).
+    assert views_constant("MAX_SLEEP_SECONDS") < ordinary <= 60
+    lives = {"/events/": views_constant("MAX_EVENTS"), "/books/updates/": views_constant("MAX_WAIT_SECONDS")}
+    for path, life in lives.items():
+        _, rule = serving_rule(rendered, path)
+        assert life < gateway_duration(rule["timeouts"]["request"]) < float("inf"), (path, rule["timeouts"])
+    # The live stream has no end of its own: the app ends it (docs/live-updates.md).
+    _, stream = serving_rule(rendered, "/books/stream/")
+    assert gateway_duration(stream["timeouts"]["request"]) == float("inf")
+
+
+def test_streams_have_a_route_of_their_own(rendered: list[dict[str, Any]]):
+    """One HTTPRoute for the streams and long-polls only: an implementation's policy (buffering off) can target it."""
+    routes = {serving_rule(rendered, path)[0]["metadata"]["name"] for path in STREAM_PATHS}
+    assert len(routes) == 1, routes
+    assert serving_rule(rendered, "/")[0]["metadata"]["name"] not in routes
 
 
 def test_database_is_reachable_only_from_the_app(rendered: list[dict[str, Any]]):
@@ -318,6 +355,118 @@ def test_database_is_reachable_only_from_the_app(rendered: list[dict[str, Any]])
             assert set(peer) == {"podSelector"}, peer  # no namespace or address range
             admitted = sorted(label for label, labels in pods.items() if labels_match(peer["podSelector"], labels))
             assert admitted == ["Deployment/app", "Deployment/worker", "Job/migrate"], admitted
+
+
+# Namespace labels the NetworkPolicies admit (docs/kubernetes.md): where the Gateway's proxies run,
+# and where Prometheus runs.
+GATEWAY_NAMESPACE_LABEL = {"gateway-data-plane": "true"}
+PROMETHEUS_NAMESPACE_LABEL = {"metrics-scraper": "true"}
+
+
+def admitted(rendered: list[dict[str, Any]], namespace_labels: dict[str, str]) -> dict[str, set[int]]:
+    """The pods (kind/name) a pod in a namespace with these labels may reach, and on which ports."""
+    reach: dict[str, set[int]] = {}
+    for policy in find(rendered, "NetworkPolicy"):
+        if "Ingress" not in policy["spec"]["policyTypes"]:
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            peers = rule.get("from", [])
+            if not any(
+                labels_match(p.get("namespaceSelector", {"matchLabels": {"-": "-"}}), namespace_labels) for p in peers
+            ):
+                continue
+            ports = {port["port"] for port in rule["ports"]}
+            for label, template in pod_templates(rendered):
+                if labels_match(policy["spec"]["podSelector"], template["metadata"]["labels"]):
+                    reach.setdefault(label, set()).update(ports)
+    return reach
+
+
+def declared_port(rendered: list[dict[str, Any]], workload: str, container: str, name: str) -> int:
+    kind, _, workload_name = workload.partition("/")
+    (doc,) = find(rendered, kind, workload_name)
+    (found,) = [c for c in doc["spec"]["template"]["spec"]["containers"] if c["name"] == container]
+    (port,) = [p["containerPort"] for p in found.get("ports", []) if p["name"] == name]
+    return port
+
+
+def test_metrics_port_is_declared_and_open_to_prometheus_only(rendered: list[dict[str, Any]]):
+    metrics_port = int(registry()["METRICS_PORT"].default)
+    web = declared_port(rendered, "Deployment/app", "app", "metrics")
+    worker = declared_port(rendered, "Deployment/worker", "worker", "metrics")
+    assert web == worker == metrics_port
+    # Prometheus reaches the metrics port of the app and the worker, nothing else of theirs.
+    assert admitted(rendered, PROMETHEUS_NAMESPACE_LABEL) == {"Deployment/app": {web}, "Deployment/worker": {worker}}
+    # The Gateway's proxies reach the app's own port only: never the metrics.
+    http = declared_port(rendered, "Deployment/app", "app", "http")
+    assert admitted(rendered, GATEWAY_NAMESPACE_LABEL) == {"Deployment/app": {http}}
+    # Nor does the Service route to it, so no HTTPRoute can.
+    (service,) = find(rendered, "Service", "app")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
+    # Discoverable by annotation too (Prometheus' kubernetes-pods job).
+    for kind_name in ("app", "worker"):
+        (deployment,) = find(rendered, "Deployment", kind_name)
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(metrics_port), kind_name
+
+
+# --- Scaling: the CPU HPA, or KEDA on the work in flight ----------------------------------------
+# The Prometheus scaler's settings (https://keda.sh/docs/2.20/scalers/prometheus/): a misspelt one
+# is no schema error (its metadata is a map of strings), so they are checked here.
+PROMETHEUS_SCALER_KEYS = {
+    "serverAddress",
+    "query",
+    "queryParameters",
+    "threshold",
+    "activationThreshold",
+    "namespace",
+    "customHeaders",
+    "ignoreNullValues",
+    "unsafeSsl",
+    "timeout",
+}
+
+
+def gauges_the_app_exports() -> set[str]:
+    """The Prometheus metric names app/core/metrics.py defines."""
+    text = (ROOT / "app" / "core" / "metrics.py").read_text()
+    return set(re.findall(r"""\b(?:Gauge|Counter|Histogram)\(\s*["'](\w+)["']""", text))
+
+
+def test_the_keda_scaler_scales_on_what_the_app_exports_within_the_database_budget(overlay: Path):
+    rendered = target(f"kubernetes-{overlay.name}").notes["docs"]
+    scaled = find(rendered, "ScaledObject")
+    if not scaled:
+        (hpa,) = find(rendered, "HorizontalPodAutoscaler", "app")
+        assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+        return
+    (scaler,) = scaled
+    assert not find(rendered, "HorizontalPodAutoscaler"), "KEDA makes its own HPA: two would fight over the count"
+    spec = scaler["spec"]
+    web = target(f"kubernetes-{overlay.name}").web
+    defaults = registry()
+    # The same bounds as the CPU HPA's: at least two pods, at most APP_REPLICAS (the connection sum).
+    assert 2 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= int(web.env["APP_REPLICAS"])
+    workers = int(web.env["GUNICORN_WORKERS"])
+    shed_at = int(web.env.get("WORKER_MAX_REQUESTS_IN_FLIGHT", defaults["WORKER_MAX_REQUESTS_IN_FLIGHT"].default))
+    (namespace,) = find(rendered, "Namespace")
+    queried = set()
+    for trigger in spec["triggers"]:
+        if trigger["type"] != "prometheus":
+            continue
+        metadata = trigger["metadata"]
+        assert set(metadata) <= PROMETHEUS_SCALER_KEYS, set(metadata) - PROMETHEUS_SCALER_KEYS
+        assert trigger.get("metricType", "AverageValue") == "AverageValue", "a threshold per pod"
+        names = set(re.findall(r"\b(app_\w+)\{", metadata["query"]))
+        assert names and names <= gauges_the_app_exports(), names
+        assert f'namespace="{namespace["metadata"]["name"]}"' in metadata["query"], "the app's own pods only"
+        queried |= names
+        if "app_requests_in_flight" in names:
+            # New pods start well before a pod's workers begin to turn requests away.
+            assert float(metadata["threshold"]) <= workers * shed_at / 2, (metadata["threshold"], workers, shed_at)
+    assert {"app_requests_in_flight", "app_streams_open"} <= queried
+    # CPU stays a signal: the Prometheus triggers fail together when Prometheus does.
+    assert any(t["type"] == "cpu" for t in spec["triggers"])
 
 
 # --- The container hosts -----------------------------------------------------------------------
@@ -628,7 +777,7 @@ def views_constant(name: str) -> int:
 
 
 def limit_for(limits: dict[str, float], path: str) -> float | None:
-    """The limit on a request path: that of the longest prefix matching it, as ingress-nginx picks."""
+    """The limit on a request path: that of the longest prefix matching it, as a Gateway picks."""
     matching = [prefix for prefix in limits if path.startswith(prefix)]
     return limits[max(matching, key=len)] if matching else None
 
@@ -644,11 +793,14 @@ def test_long_responses_outlast_the_hosts_timeouts(name: str):
     wait = views_constant("MAX_WAIT_SECONDS")  # the long-poll's longest wait
     # The longest silence of each: the live stream sends a comment after LIVE_KEEPALIVE seconds.
     silences = {"/books/stream/": float(keepalive.default), "/books/updates/": wait, "/events/": 1}
+    # The longest each lasts. The live stream has none of its own: a host that ends it anyway must
+    # let it outlast the others (it then resumes from Last-Event-ID).
+    lives = {"/books/stream/": max(events, wait), "/books/updates/": wait, "/events/": events}
     problems = []
     for path, silence in silences.items():
         whole = limit_for(t.response_timeouts, path)
-        if whole is not None and whole <= max(events, wait):
-            problems.append(f"{path}: ended after {whole} s, within the demo's {events} s or the long-poll's {wait} s")
+        if whole is not None and whole <= lives[path]:
+            problems.append(f"{path}: ended after {whole} s, and it may last {lives[path]} s")
         idle = limit_for(t.idle_timeouts, path)
         if idle is not None and idle <= silence:
             problems.append(f"{path}: cut after {idle} s of silence, and it may be silent for {silence} s")

@@ -1,4 +1,4 @@
-"""Prometheus metrics: requests and latency per route, and the database pool, over all workers.
+"""Prometheus metrics: requests and latency per route, the work in flight, and the database pool.
 
 Each gunicorn worker writes its numbers to files in PROMETHEUS_MULTIPROC_DIR
 (set by deploy/gunicorn/gunicorn.conf.py), and whichever worker answers a
@@ -7,17 +7,21 @@ are. The metrics are served on METRICS_PORT (9100), a second port gunicorn
 binds and nginx never proxies; on the public port, /metrics is a 404.
 Without PROMETHEUS_MULTIPROC_DIR (one process, e.g. uvicorn alone) the
 numbers are the process's own.
+
+The requests and streams a worker holds are gauges per worker (a `pid`
+label): an async worker with thousands of them waiting barely uses CPU, so
+these, not CPU, tell an autoscaler it needs help (deploy/k8s/components/keda).
 https://prometheus.github.io/client_python/multiprocess/
 """
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
-from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
+from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, StreamingHttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.exposition import generate_latest
@@ -39,6 +43,21 @@ POOL_SIZE = Gauge("app_db_pool_connections", "Database connections the pool hold
 POOL_IDLE = Gauge("app_db_pool_idle_connections", "Pooled connections not in use", multiprocess_mode="livesum")
 POOL_WAITING = Gauge("app_db_pool_requests_waiting", "Requests waiting for a connection", multiprocess_mode="livesum")
 POOL_REFRESH_SECONDS = 1.0
+# One series per live worker ("liveall": a worker's series goes when it exits).
+# A request counts until its view has returned the response, as
+# RequestLimitMiddleware counts it (a long-poll while it waits, a stream while
+# the view builds it); a streaming response counts as a stream from its first
+# chunk until it ends, the client leaves or the worker stops.
+REQUESTS_IN_FLIGHT = Gauge(
+    "app_requests_in_flight",
+    "Requests this worker has received and not yet begun to answer",
+    multiprocess_mode="liveall",
+)
+STREAMS_OPEN = Gauge(
+    "app_streams_open",
+    "Streaming responses (Server-Sent Events) this worker is sending",
+    multiprocess_mode="liveall",
+)
 
 
 def route_of(request: HttpRequest) -> str:
@@ -82,7 +101,13 @@ class MetricsMiddleware(AsyncMiddleware):
             body = await sync_to_async(render, thread_sensitive=False)()  # reads the workers' files
             return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
         started = time.perf_counter()
-        response = await self.get_response(request)
+        REQUESTS_IN_FLIGHT.inc()
+        try:
+            response = await self.get_response(request)
+        finally:
+            REQUESTS_IN_FLIGHT.dec()
+        if response.streaming:
+            count_stream(response)
         route = route_of(request)
         LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
         REQUESTS.labels(request.method, route, str(response.status_code)).inc()
@@ -101,3 +126,32 @@ class MetricsMiddleware(AsyncMiddleware):
         POOL_SIZE.set(stats.get("pool_size", 0))
         POOL_IDLE.set(stats.get("pool_available", 0))
         POOL_WAITING.set(stats.get("requests_waiting", 0))
+
+
+def count_stream(response: StreamingHttpResponse) -> None:
+    """Count a streaming response in STREAMS_OPEN while it is sent (its content, wrapped).
+
+    Counted from the first chunk: a stream never started (its client left first)
+    is never counted, so it needs no uncounting. The `finally` runs when the
+    stream ends, fails, or is closed or cancelled (a client gone, a worker
+    stopping). One generator step per chunk: a fraction of a microsecond.
+    """
+    content = response.streaming_content
+    response.streaming_content = _counted_async(content) if response.is_async else _counted_sync(content)
+
+
+async def _counted_async(content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    STREAMS_OPEN.inc()
+    try:
+        async for chunk in content:
+            yield chunk
+    finally:
+        STREAMS_OPEN.dec()
+
+
+def _counted_sync(content: Iterable[bytes]) -> Iterator[bytes]:
+    STREAMS_OPEN.inc()
+    try:
+        yield from content
+    finally:
+        STREAMS_OPEN.dec()
