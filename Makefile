@@ -5,11 +5,13 @@
 
 COMPOSE ?= docker compose
 DEV = $(COMPOSE) -f docker-compose.yml -f deploy/compose/dev.yml
+# The stack plus the test image (tests/compose.test.yml), for the app's own tests.
+COMPOSE_TEST ?= $(COMPOSE) -f docker-compose.yml -f tests/compose.test.yml
 SERVICE ?=
 FILE ?= backups/app-$(shell date -u +%Y%m%dT%H%M%SZ).dump
 
 .DEFAULT_GOAL := help
-.PHONY: help up down logs ps test bench migrate createsuperuser shell psql backup restore dev rollout check
+.PHONY: help up down logs ps test lint test-app bench migrate createsuperuser shell psql backup restore dev rollout check
 
 help: ## List the commands
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +33,12 @@ dev: ## Start the development loop: DEBUG on, code reload, same Postgres
 
 test: ## Run the test command (lint, the app's tests, the stack from outside)
 	tests/run
+
+lint: ## Only the linters of the test command (ruff, hadolint, compose, nginx -t, actionlint, zizmor)
+	tests/run tests/test_lint.py
+
+test-app: ## Only the app's own tests (tests/app), in the test image against Postgres
+	$(COMPOSE_TEST) run --rm tests
 
 bench: ## Run the benchmark (about 20 minutes; bench/run --help for options)
 	bench/run

@@ -32,7 +32,7 @@ from pathlib import Path
 from bench import fanout, h2load, report, tasks, wrk
 from bench.sample import PeakSampler, settled_usage
 from bench.servers import BY_NAME, SERVERS, Server
-from tests.stack import ROOT, Stack
+from harness.stack import ROOT, Stack
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
 """
 PSQL = 'PGPASSWORD=$(cat "$POSTGRES_PASSWORD_FILE") psql -X -At -F, -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"'
-# gunicorn's workers: the children of the master, pid 1 in an app container (as tests/stack.py finds them).
+# gunicorn's workers: the children of the master, pid 1 in an app container (as harness/stack.py finds them).
 WORKERS_SCRIPT = """
 import pathlib
 for p in pathlib.Path('/proc').glob('[0-9]*'):

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from bench.fanout import percentile, read_response
-from tests.stack import Stack
+from harness.stack import Stack
 
 TABLE = "django_tasks_database_dbtaskresult"
 FINISHED = ("SUCCESSFUL", "FAILED")

@@ -1,6 +1,6 @@
 """Drive a throwaway copy of the stack: docker compose under a project name and port of its own.
 
-Used by the host-side tests (tests/conftest.py). Nothing here needs more than
+Used by the host-side tests (tests/conftest.py) and the benchmark (bench/). Nothing here needs more than
 Python 3.10's standard library and a Docker engine with compose v2.
 """
 
@@ -201,6 +201,10 @@ class Stack:
             'psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"'
         )
         return self.exec("db", "sh", "-c", script, sql, check=check).stdout.strip()
+
+    def image(self, service: str) -> str:
+        """The image compose builds for `service` in this project (docker-compose.yml names them by project)."""
+        return f"{self.project}-{service}:local"
 
     def container_id(self, service: str) -> str:
         return self.compose("ps", "-a", "-q", service).stdout.strip()

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 WANTS_STOCK = pytest.StashKey[bool]()
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.stack import ROOT
+from harness.stack import ROOT
 
 
 def test_benchmark_command_runs_and_reports(tmp_path: Path):

@@ -22,10 +22,9 @@ from typing import Any
 
 import pytest
 
+from harness.stack import Response, Stack, http_request
 from tests.hosts import Target, Workload, registry, target
-from tests.stack import Response, Stack, http_request
 
-APP_IMAGE = "async-django-app:local"
 RUN_TARGETS = ["kubernetes-production", "cloud-run", "fly", "render", "ecs"]
 SLOW_REQUEST_SECONDS = 3
 
@@ -73,6 +72,7 @@ class Runner:
     def __init__(self, stack: Stack, database: str, label: str) -> None:
         self.stack, self.database, self.label = stack, database, label
         self.data_network, self.edge_network = f"{stack.project}_data", f"{stack.project}_edge"
+        self.image = stack.image("app")
         self.secrets_volume = f"{stack.project}_secrets"
         self.values = {
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
@@ -111,14 +111,14 @@ class Runner:
     def run(self, workload: Workload) -> subprocess.CompletedProcess[str]:
         """A one-off container on the database's network, to its end."""
         command = workload.command or []
-        return docker("run", "--rm", "--network", self.data_network, *self.args(workload), APP_IMAGE, *command)
+        return docker("run", "--rm", "--network", self.data_network, *self.args(workload), self.image, *command)
 
     def start(self, name: str, workload: Workload, port: int | None = None) -> None:
         """A long-running container; with a port, published on 127.0.0.1 through the edge network."""
         network = self.edge_network if port else self.data_network
         publish = ["-p", f"127.0.0.1::{port}"] if port else []
         command = workload.command or []
-        docker("create", "--name", name, "--network", network, *publish, *self.args(workload), APP_IMAGE, *command)
+        docker("create", "--name", name, "--network", network, *publish, *self.args(workload), self.image, *command)
         if port:
             docker("network", "connect", self.data_network, name)
         docker("start", name)

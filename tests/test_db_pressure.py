@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tests.stack import Stack
+from harness.stack import Stack
 from tests.test_faults import assert_pool_not_leaked, wait_for
 
 POOL_TIMEOUT = 3.0  # DB_POOL_TIMEOUT's default

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.stack import ROOT, Stack
+from harness.stack import ROOT, Stack
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 
 def test_djangos_tests_pass_with_the_blueprints_classes(stack: Stack):

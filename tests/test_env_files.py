@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.stack import ROOT, Stack
 from tests.hosts import read_by_the_image, registry
-from tests.stack import ROOT, Stack
 
 # Set by docker-compose.yml itself, never taken from the settings file.
 WIRED = {"PORT", "FORWARDED_ALLOW_IPS"}

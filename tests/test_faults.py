@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.stack import ROOT, Stack
 from tests import load
-from tests.stack import ROOT, Stack
 from tests.test_upstream import proxied
 
 VERSION_LABEL = "org.opencontainers.image.version"

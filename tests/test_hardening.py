@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.stack import Stack
+from harness.stack import Stack
 from tests.test_routes import admin_login
 
 HARDENED = ("app", "migrate", "worker", "secrets")
@@ -371,7 +371,7 @@ for case in cases:
 def test_nginx_computes_the_hsts_django_sends(stack: Stack):
     """nginx's start script and Django's SecurityMiddleware, given the same variables, give the same header."""
     django = docker(
-        "run", "--rm", "--entrypoint", "python", "async-django-app:local", "-c", HSTS_RUNNER,
+        "run", "--rm", "--entrypoint", "python", stack.image("app"), "-c", HSTS_RUNNER,
         json.dumps(HSTS_CASES), json.dumps(HSTS_VARIABLES), HSTS_PROBE,
     ).stdout.splitlines()  # fmt: skip
     # What the start script writes into nginx's config: `default  "<value>";`
@@ -381,7 +381,7 @@ def test_nginx_computes_the_hsts_django_sends(stack: Stack):
         f"/docker-entrypoint.d/19-strict-transport-security.sh >/dev/null 2>&1 && {written} || echo refused\n"
         for case in HSTS_CASES
     )
-    nginx = docker("run", "--rm", "--entrypoint", "sh", "async-django-nginx:local", "-c", script).stdout.splitlines()
+    nginx = docker("run", "--rm", "--entrypoint", "sh", stack.image("nginx"), "-c", script).stdout.splitlines()
     assert django[:3] == ["", "max-age=31536000; includeSubDomains", "max-age=31536000; includeSubDomains; preload"]
     assert django[-1] == "refused", django
     differ = [(case, d, n) for case, d, n in zip(HSTS_CASES, django, nginx, strict=True) if d != n]

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from harness.stack import Stack
 from tests import load
-from tests.stack import Stack
 
 
 @dataclass

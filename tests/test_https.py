@@ -35,7 +35,7 @@ from sslyze.mozilla_tls_profile.tls_config_checker import (
 from sslyze.plugins.scan_commands import ScanCommand
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
 
-from tests.stack import ROOT, Response, Stack, exchange, free_port, http_request
+from harness.stack import ROOT, Response, Stack, exchange, free_port, http_request
 
 NAMES = ("blueprint.test", "www.blueprint.test")
 # sslyze's own copy of Mozilla's trust store holds a root with a serial cryptography frowns upon.

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.stack import ROOT, Stack
+from harness.stack import ROOT, Stack
 
 BIN = Path(sys.executable).parent
 GITHUB = ROOT / ".github"
@@ -50,7 +50,7 @@ def test_nginx_config_is_valid(stack: Stack):
     # The image's entrypoint renders the template, then nginx checks the result.
     result = run(
         "docker", "run", "--rm", "-e", "NGINX_UPSTREAM=127.0.0.1:8000", "-e", "NGINX_TRUSTED_PROXY=10.0.0.0/8",
-        "async-django-nginx:local", "nginx", "-t",
+        stack.image("nginx"), "nginx", "-t",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "test is successful" in result.stderr

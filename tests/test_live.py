@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 REPLICAS = 2
 LISTENING = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'books.live'"

@@ -15,8 +15,8 @@ from __future__ import annotations
 import subprocess
 import time
 
+from harness.stack import Stack
 from tests import load
-from tests.stack import Stack
 
 # Each read waits behind the queued ALTER TABLE for at most the lock timeout (1 s here).
 NO_READ_LONGER_THAN = 5.0

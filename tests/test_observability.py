@@ -7,7 +7,7 @@ import re
 import subprocess
 import uuid
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 # Runs inside an app container: 60 requests on fresh connections (so they spread
 # over the workers), then several scrapes (answered by different workers).

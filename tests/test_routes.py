@@ -13,7 +13,7 @@ import secrets
 
 import pytest
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 
 @pytest.fixture(params=["blueprint", "stock"])

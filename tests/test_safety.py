@@ -7,9 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.stack import ROOT, Stack
-
-APP_IMAGE = "async-django-app:local"
+from harness.stack import ROOT, Stack
 
 
 def docker(*args: str) -> str:
@@ -45,7 +43,7 @@ def test_sync_orm_call_in_async_code_raises_in_the_running_container(stack: Stac
 def test_app_runs_as_non_root(stack: Stack):
     uids = stack.exec("app", "sh", "-c", "grep -h '^Uid:' /proc/[0-9]*/status").stdout.split("\n")
     assert uids and all(line.split()[1:] == ["10001"] * 4 for line in uids if line), uids
-    assert docker("image", "inspect", "--format", "{{.Config.User}}", APP_IMAGE).strip() == "10001:10001"
+    assert docker("image", "inspect", "--format", "{{.Config.User}}", stack.image("app")).strip() == "10001:10001"
 
 
 def test_only_nginx_publishes_a_port_on_loopback(stack: Stack):
@@ -98,13 +96,13 @@ def test_no_secret_in_the_image_or_the_logs(stack: Stack):
     values = [read_secret(stack, "django_secret_key"), read_secret(stack, "postgres_password"), stack.api_token]
     history = "".join(
         docker("history", "--no-trunc", image)
-        for image in (APP_IMAGE, "async-django-secrets:local", "async-django-nginx:local")
+        for image in (stack.image("app"), stack.image("secrets"), stack.image("nginx"))
     )
-    image_env = docker("image", "inspect", "--format", "{{json .Config.Env}}", APP_IMAGE)
+    image_env = docker("image", "inspect", "--format", "{{json .Config.Env}}", stack.image("app"))
     logs = stack.compose("logs", "--no-color").stdout
     for value in values:
         assert value not in history and value not in image_env and value not in logs
-    listing = docker("run", "--rm", "--entrypoint", "sh", APP_IMAGE, "-c", "ls -A /srv/secrets; ls -A /srv")
+    listing = docker("run", "--rm", "--entrypoint", "sh", stack.image("app"), "-c", "ls -A /srv/secrets; ls -A /srv")
     assert ".env" not in listing.split()
 
 
@@ -113,7 +111,7 @@ def test_image_has_no_compiler_and_compiled_bytecode(stack: Stack):
         "for c in gcc cc g++ make; do command -v $c && exit 1; done; "
         "ls /srv/app/books/__pycache__/views.*.pyc /srv/app/config/__pycache__/settings.*.pyc"
     )
-    docker("run", "--rm", "--entrypoint", "sh", APP_IMAGE, "-c", script)
+    docker("run", "--rm", "--entrypoint", "sh", stack.image("app"), "-c", script)
 
 
 def env_example() -> dict[str, str]:

@@ -10,9 +10,8 @@ import uuid
 
 import pytest
 
-from tests.stack import Stack
+from harness.stack import Stack
 
-APP_IMAGE = "async-django-app:local"
 # More replicas than a default Postgres (max_connections 100) can give pools of 10.
 TOO_MANY = "40"
 
@@ -29,7 +28,7 @@ def test_worker_count_rounds_the_cpu_limit_up(stack: Stack, cpus: str, workers: 
     code = "from core import sizing; print(sizing.worker_count())"
     result = subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "--cpus", cpus, "--workdir", "/srv/app",
-         APP_IMAGE, "python", "-c", code],
+         stack.image("app"), "python", "-c", code],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, output(result)

@@ -6,7 +6,7 @@ import asyncio
 import http.client
 import time
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 
 def open_stream(stack: Stack, path: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:

@@ -8,9 +8,23 @@ import subprocess
 
 import pytest
 
-from tests.stack import ROOT, Stack
+from harness.stack import ROOT, Stack
 
-EVERYDAY = ["up", "down", "logs", "test", "bench", "migrate", "createsuperuser", "shell", "psql", "backup", "restore"]
+EVERYDAY = [
+    "up",
+    "down",
+    "logs",
+    "test",
+    "lint",
+    "test-app",
+    "bench",
+    "migrate",
+    "createsuperuser",
+    "shell",
+    "psql",
+    "backup",
+    "restore",
+]
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 T = TypeVar("T")
 
@@ -112,7 +112,7 @@ def sample(metrics: str, name: str, **labels: str) -> float | None:
 
 @pytest.fixture(scope="module")
 def tasks_stack(stack: Stack) -> Iterator[Stack]:
-    # Offset 16: its /24 stays in 172.30.0.0/16 beside the others' (tests/stack.py), clear of the
+    # Offset 16: its /24 stays in 172.30.0.0/16 beside the others' (harness/stack.py), clear of the
     # 172.31.0.0/16 Docker may give a network of its own choosing (the internal `data` ones).
     with stack.sibling("tasks", 16, BASE_ENV).running() as sibling:
         yield sibling

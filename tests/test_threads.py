@@ -6,7 +6,7 @@ import asyncio
 import re
 import time
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 
 def worker_threads(stack: Stack) -> dict[int, int]:

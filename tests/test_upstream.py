@@ -7,7 +7,7 @@ import re
 import subprocess
 import time
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 APP_PORT_HEX = ":1F40"  # 8000, as /proc/net/tcp writes ports
 ESTABLISHED, TIME_WAIT = "01", "06"
@@ -94,7 +94,7 @@ def test_app_upstream_refuses_bad_input(stack: Stack):
 def test_a_bad_setting_stops_nginx_with_a_clear_message(stack: Stack):
     result = subprocess.run(
         ["docker", "run", "--rm", "-e", "NGINX_UPSTREAM=127.0.0.1:8000", "-e", "NGINX_UPSTREAM_KEEPALIVE=lots",
-         "async-django-nginx:local", "nginx", "-t"],
+         stack.image("nginx"), "nginx", "-t"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode != 0

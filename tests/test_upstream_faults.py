@@ -14,12 +14,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from harness.stack import Stack
 from tests import load
-from tests.stack import Stack
 from tests.test_faults import docker, wait_for
 from tests.test_upstream import proxied, upstream_servers
 
-APP_IMAGE = "async-django-app:local"
 DNS_OUTAGE_SECONDS = 30
 # Well below proxy_read_timeout (30 s), which is what a request sent to a
 # replica that never answers would wait.
@@ -70,7 +69,7 @@ def fake_app(stack: Stack, mode: str, lifetime: int = 120) -> Iterator[tuple[str
         "run", "--detach", "--rm", "--name", name, "--network", f"{stack.project}_edge", "--network-alias", "app",
         "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
         "--pids-limit", "16", "--memory", "128m",
-        APP_IMAGE, "python", "-c", FAKE_APP, mode, str(lifetime),
+        stack.image("app"), "python", "-c", FAKE_APP, mode, str(lifetime),
     )  # fmt: skip
     try:
         address = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 
 def test_uvicorns_tests_pass_with_the_projects_protocol_and_worker(stack: Stack):

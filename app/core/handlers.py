@@ -1,26 +1,11 @@
 """The ASGI handler: Django's, minus the thread a request takes only for bookkeeping.
 
-Stock Django starts a thread for every ASGI request, however async its view:
-the sync receivers of request_started and request_finished (reset_queries,
-close_old_connections, close_caches, reset_urlconf) and response.close() run
-in it, and it lives until the request ends. This handler runs those where they
-have no work for a thread, on the event loop or not at all, and is Django's
-handler in every other respect:
-
-- Once a request has a thread (its view, a middleware or a receiver ran sync
-  code), everything runs as stock Django runs it, in that thread and in order.
-- A response class with its own close(), and any other sync receiver of the
-  two signals, run in a thread as Django runs them.
-- Every request gets a new thread-sensitive context, even in a task that
-  inherited an earlier request's (python/cpython#140947).
-- A request's thread returns its database connection as the last thing it does,
-  however the request ended.
-- Django's own middleware runs through the no-hop drop-ins of core.middleware.
-
-docs/async-safety.md explains each point; tests/app/test_differential.py runs
-the same code through this handler and Django's, and Django's own test suite
-runs with it (tests/django_suite). Code copied from Django is marked where it
-changes, and tests/app/test_upgrade_guard.py fails when Django's original does.
+Once a request has a thread (its view, a middleware or a receiver ran sync
+code), everything runs as stock Django runs it. docs/async-safety.md ("Threads")
+gives each difference and why; tests/app/test_differential.py and Django's own
+suite (tests/django_suite) show it behaves like Django. Code copied from Django
+is marked where it changes; tests/app/test_upgrade_guard.py fails when the
+original does.
 """
 
 import asyncio

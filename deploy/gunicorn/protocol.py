@@ -1,22 +1,11 @@
 """The HTTP protocol the Uvicorn worker speaks (workers.py): uvicorn's httptools one, one write per response.
 
-uvicorn writes a response's status line and headers as soon as the app sends
-`http.response.start`, and the body with the next message: two send()
-syscalls, two TCP segments and two wake-ups of nginx for every response, when
-both were ready in the same turn of the event loop. In a profile of a worker
-serving a plain view, those two writes were its largest single cost (23 % of
-its time; 15 % as one write).
-
-CoalescingTransport holds what is written during one turn of the event loop
-and sends it as one write at the end of that turn, before the connection
-closes, or as soon as 64 KiB are held. Nothing waits for anything else: a
-streamed response's head still goes out in the turn it was sent, so an SSE
-client sees its headers at once, and a large body still meets backpressure.
-One callback a turn flushes every connection written to in it (_Flusher): an
-event sent to thousands of open streams costs a write each, not a write and
-a callback each.
-
-uvicorn's `http` setting takes the protocol class: https://www.uvicorn.org/settings/#implementation
+CoalescingTransport sends what one turn of the event loop writes as one write
+(at once beyond 64 KiB, so a streamed head still leaves in its turn and a large
+body meets backpressure); one callback a turn flushes every connection written
+to (_Flusher). Why and what each saves: docs/performance.md ("What changed the
+numbers"; (e) for the flush). uvicorn's `http` setting takes the class:
+https://www.uvicorn.org/settings/#implementation
 """
 
 import asyncio

@@ -1,32 +1,9 @@
-"""The Uvicorn worker gunicorn runs: uvicorn_worker.UvicornWorker, finished.
+"""The Uvicorn worker gunicorn runs: uvicorn_worker.UvicornWorker, with what it leaves to chance set.
 
-uvicorn_worker passes gunicorn's keep-alive, timeout and backlog on to uvicorn,
-but not its graceful timeout, and it leaves uvicorn to guess the event loop,
-the HTTP parser and lifespan. This subclass says all of them:
-
-- uvloop and httptools, the fast paths (installed from requirements/app.txt);
-  "auto" would fall back silently to asyncio and h11 if either went missing.
-  The httptools protocol is protocol.py's: one write per response instead of
-  two (head, then body).
-- lifespan off: Django has no lifespan support, so "auto" would log an
-  ASGI lifespan error at every worker start.
-- a bounded graceful shutdown: on SIGTERM, uvicorn stops accepting, lets
-  requests in flight finish, and cancels what is still open (SSE streams) two
-  seconds before gunicorn's graceful_timeout, when the arbiter would SIGKILL.
-- no Server header.
-- each request's task starts in a fresh context: on a keep-alive connection
-  (nginx keeps them open to the app) asyncio can hand a request the context
-  variables of the one before (python/cpython#140947), such as its request
-  id or Django's thread-sensitive context (core/handlers.py guards that one
-  too, under any server).
-- `--reload` (the development loop, deploy/compose/dev.yml) works: gunicorn's
-  reloader flags a changed file, and the worker finishes so a new one starts.
-- a drain notice: when the graceful shutdown begins, the worker calls
-  `on_drain()` from the module of the ASGI app (gunicorn's wsgi_app,
-  config.asgi), if it has one, so responses that could outlast the drain
-  (Server-Sent Events) end cleanly instead of being cut off. ASGI has no
-  message for this: lifespan's shutdown comes only after the drain.
-
+The event loop and parser (uvloop, httptools, protocol.py's protocol), lifespan
+off, a graceful shutdown bounded by gunicorn's graceful_timeout with a drain
+notice to the app (on_drain), a fresh context per request, no Server header,
+and --reload. Each is explained in docs/architecture.md ("The worker").
 https://github.com/Kludex/uvicorn-worker and https://www.uvicorn.org/settings/
 """
 

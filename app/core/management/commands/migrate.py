@@ -1,20 +1,11 @@
 """`manage.py migrate`, Django's own, with a lock timeout, a statement timeout and retries.
 
-An ALTER TABLE waits for every transaction that touched the table to end, and
-while it waits, every query on that table queues behind it: one long
-transaction is enough to stop the site during a deploy. Here the migration's
-connection gives up waiting after DB_MIGRATE_LOCK_TIMEOUT seconds (so a query
-behind it waits at most that long), and the migration is tried again after a
-pause, DB_MIGRATE_LOCK_TRIES times in all, before the deploy fails with a
-message saying which migration, which table and who holds it. On Postgres each
-migration runs in its own transaction: one that gave up is rolled back whole,
-and trying it again is safe. A statement that runs longer than
-DB_MIGRATE_STATEMENT_TIMEOUT seconds is cancelled and fails the deploy.
-Both are set on this command's connection alone, over whatever the settings
-give request queries. Same command and options as Django's, so every host's
-migrate step (`python manage.py migrate --noinput`) gets this one.
+A migration waiting for a lock queues every query on its table behind it, so its
+connection gives up after DB_MIGRATE_LOCK_TIMEOUT and tries again, up to
+DB_MIGRATE_LOCK_TRIES times; a statement past DB_MIGRATE_STATEMENT_TIMEOUT fails
+the deploy. Same command and options as Django's, so every host's migrate step
+gets it. Why and how: docs/operations.md ("Migrations that cannot take the site down").
 https://www.postgresql.org/docs/17/runtime-config-client.html#GUC-LOCK-TIMEOUT
-https://docs.djangoproject.com/en/6.1/howto/writing-migrations/#non-atomic-migrations
 """
 
 from __future__ import annotations
