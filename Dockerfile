@@ -5,17 +5,13 @@
 #          of its own, so that a new build of the app leaves it, and the
 #          database that starts after it, as they are
 #   nginx  the official nginx image with this project's config and the static files
-#   test   the app image plus the app's own test tools (tests/app)
-#   bench  the app image plus the servers the benchmark races it against (bench/)
-#   uvicorn-suite  the test image plus uvicorn's and uvicorn-worker's own tests, run
-#          with their classes and the blueprint's protocol and worker (tests/uvicorn_suite)
-#   django-suite  the test image plus Django's own tests, run stock and with the
-#          blueprint's handler and middleware (tests/django_suite)
 #   acme   certbot, which obtains and renews the site's certificate when nginx
 #          serves HTTPS itself (deploy/compose/https.yml, deploy/acme/acme.py)
-#   pebble Let's Encrypt's test CA, for the test command's HTTPS tests only (tests/acme)
-# Copying it: change the paths in the `build` stage if your project is laid out
-# differently. Base images are pinned by tag, named on their FROM lines, where
+# and, below the marked line after them, the test command's own.
+# Copying it into a project of your own (docs/adopt.md): name your settings
+# module in the `base` stage (DJANGO_SETTINGS_MODULE), delete from the marked
+# line to the end, and change the paths in the `build` stage if your project is
+# laid out differently. Base images are pinned by tag, named on their FROM lines, where
 # Dependabot finds and updates them (.github/dependabot.yml); to pin a digest,
 # add it there (FROM python:3.13-slim-trixie@sha256:...) and Dependabot moves it too.
 
@@ -25,8 +21,11 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
-    PATH=/opt/venv/bin:$PATH \
-    DJANGO_SETTINGS_MODULE=config.settings
+    PATH=/opt/venv/bin:$PATH
+# The project's settings module, read by manage.py (collectstatic below, migrate,
+# the task worker) and by gunicorn, which serves the asgi.py of its package
+# (deploy/gunicorn/gunicorn.conf.py). In a project of your own: yours.
+ENV DJANGO_SETTINGS_MODULE=config.settings
 # The app's user, and /srv/secrets owned by it: the `secrets` volume copies that
 # directory, empty, when it is created (docker-compose.yml).
 RUN groupadd --system --gid 10001 app \
@@ -68,6 +67,58 @@ FROM base AS secrets
 COPY deploy/app/init_secrets.py /srv/deploy/app/init_secrets.py
 USER 10001:10001
 CMD ["python", "/srv/deploy/app/init_secrets.py"]
+
+# --- nginx: the front door, with the static files baked in -------------------------------
+FROM nginx:1.30-trixie AS nginx
+RUN rm -f /etc/nginx/conf.d/default.conf
+COPY nginx/nginx.conf /etc/nginx/nginx.conf
+COPY nginx/templates/ /etc/nginx/templates/
+COPY nginx/site/ /etc/nginx/site/
+# Plain HTTP behind a TLS proxy, unless deploy/compose/https.yml says on; the
+# certificate and the ACME challenges then come from the acme service's volumes.
+ENV NGINX_TLS=off
+RUN install -d -m 0755 /etc/nginx/certs /var/www/acme
+# Keeps nginx's list of app servers in step with DNS and /healthz (nginx/upstream/app-upstream),
+# started by the image's entrypoint before nginx (nginx/entrypoint/40-app-upstream.sh).
+# nginx/entrypoint/19-strict-transport-security.sh, run by the entrypoint too, writes
+# the app's HSTS value into the config, for nginx's own answers.
+COPY --chmod=0755 nginx/upstream/app-upstream /usr/local/bin/app-upstream
+COPY --chmod=0755 nginx/entrypoint/ /docker-entrypoint.d/
+# The container's healthcheck (docker-compose.yml): nginx answers, and the watcher is alive.
+COPY --chmod=0755 nginx/healthcheck.sh /usr/local/bin/nginx-healthcheck
+COPY --from=build /srv/static /srv/static
+
+# --- acme: certbot, for nginx's own HTTPS (deploy/compose/https.yml) -------------------------
+# Debian's certbot, kept up to date by Debian's security updates. It runs as
+# its own user, on a read-only filesystem; the directories below are volumes,
+# which take this ownership when first mounted.
+FROM debian:trixie-slim AS acme
+# Not pinned to a version: Debian's security updates replace it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends certbot \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10002 acme \
+ && useradd --system --uid 10002 --gid acme --home-dir /var/lib/acme --no-create-home --shell /usr/sbin/nologin acme \
+ && install -d -o acme -g acme -m 0700 /var/lib/acme /var/lib/acme/config /var/lib/acme/work \
+ && install -d -o acme -g acme -m 0755 /srv/certs /var/www/acme /var/www/acme/.well-known \
+ && echo "live -> the directory of the certificate nginx serves (deploy/acme/acme.py)" > /srv/certs/README \
+ && chown acme:acme /srv/certs/README
+COPY deploy/acme/acme.py /srv/acme/acme.py
+ENV PYTHONDONTWRITEBYTECODE=1
+USER 10002:10002
+CMD ["python3", "/srv/acme/acme.py", "run"]
+
+# ==== The test command's images: test, bench, uvicorn-suite, django-suite, pebble ====
+# Built only by the test command (tests/run) and the benchmark (bench/); nothing
+# above uses them. A project of your own deletes from this line to the end (docs/adopt.md).
+#   test   the app image plus the app's own test tools (tests/app)
+#   bench  the app image plus the servers the benchmark races it against (bench/)
+#   uvicorn-suite  the test image plus uvicorn's and uvicorn-worker's own tests, run
+#          with their classes and the blueprint's protocol and worker (tests/uvicorn_suite)
+#   django-suite  the test image plus Django's own tests, run stock and with the
+#          blueprint's handler and middleware (tests/django_suite)
+#   pebble Let's Encrypt's test CA, for the test command's HTTPS tests only (tests/acme)
 
 # --- test: the app image with pytest, for the app's own tests -------------------------
 FROM app AS test
@@ -142,47 +193,6 @@ ENV PYTHONPATH=/srv/app:/srv/django-suite
 USER 10001:10001
 WORKDIR /srv/django-tests
 CMD ["python", "/srv/django-suite/main.py"]
-
-# --- nginx: the front door, with the static files baked in -------------------------------
-FROM nginx:1.30-trixie AS nginx
-RUN rm -f /etc/nginx/conf.d/default.conf
-COPY nginx/nginx.conf /etc/nginx/nginx.conf
-COPY nginx/templates/ /etc/nginx/templates/
-COPY nginx/site/ /etc/nginx/site/
-# Plain HTTP behind a TLS proxy, unless deploy/compose/https.yml says on; the
-# certificate and the ACME challenges then come from the acme service's volumes.
-ENV NGINX_TLS=off
-RUN install -d -m 0755 /etc/nginx/certs /var/www/acme
-# Keeps nginx's list of app servers in step with DNS and /healthz (nginx/upstream/app-upstream),
-# started by the image's entrypoint before nginx (nginx/entrypoint/40-app-upstream.sh).
-# nginx/entrypoint/19-strict-transport-security.sh, run by the entrypoint too, writes
-# the app's HSTS value into the config, for nginx's own answers.
-COPY --chmod=0755 nginx/upstream/app-upstream /usr/local/bin/app-upstream
-COPY --chmod=0755 nginx/entrypoint/ /docker-entrypoint.d/
-# The container's healthcheck (docker-compose.yml): nginx answers, and the watcher is alive.
-COPY --chmod=0755 nginx/healthcheck.sh /usr/local/bin/nginx-healthcheck
-COPY --from=build /srv/static /srv/static
-
-# --- acme: certbot, for nginx's own HTTPS (deploy/compose/https.yml) -------------------------
-# Debian's certbot, kept up to date by Debian's security updates. It runs as
-# its own user, on a read-only filesystem; the directories below are volumes,
-# which take this ownership when first mounted.
-FROM debian:trixie-slim AS acme
-# Not pinned to a version: Debian's security updates replace it.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends certbot \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10002 acme \
- && useradd --system --uid 10002 --gid acme --home-dir /var/lib/acme --no-create-home --shell /usr/sbin/nologin acme \
- && install -d -o acme -g acme -m 0700 /var/lib/acme /var/lib/acme/config /var/lib/acme/work \
- && install -d -o acme -g acme -m 0755 /srv/certs /var/www/acme /var/www/acme/.well-known \
- && echo "live -> the directory of the certificate nginx serves (deploy/acme/acme.py)" > /srv/certs/README \
- && chown acme:acme /srv/certs/README
-COPY deploy/acme/acme.py /srv/acme/acme.py
-ENV PYTHONDONTWRITEBYTECODE=1
-USER 10002:10002
-CMD ["python3", "/srv/acme/acme.py", "run"]
 
 # --- pebble: a real ACME CA for the test command (tests/compose.acme.yml) --------------------
 # Let's Encrypt's test server, as Debian packages it; it validates HTTP-01 for

@@ -123,7 +123,7 @@ def read_by_the_image() -> set[str]:
 
 
 def secrets_in_the_code() -> set[str]:
-    """The variables settings.py reads through config.env.secret (which accepts NAME_FILE)."""
+    """The variables settings.py reads through core.env.secret (which accepts NAME_FILE)."""
     return set(re.findall(r"""\bsecret\(\s*["']([A-Z][A-Z0-9_]+)["']""", (ROOT / "app/config/settings.py").read_text()))
 
 

@@ -1,4 +1,4 @@
-"""Django's own tests of the request path pass with core.handlers and core.middleware in place of Django's classes.
+"""Django's own tests of the request path pass with core.handlers and core.dropins in place of Django's classes.
 
 The django-suite service (tests/compose.test.yml, runner in tests/django_suite)
 runs about 3,500 of Django's tests twice at once, with Django's classes and with

@@ -241,10 +241,10 @@ def test_app_probes_and_stopping(overlay: Path, rendered: list[dict[str, Any]]):
     (deployment,) = find(rendered, "Deployment", "app")
     pod = deployment["spec"]["template"]["spec"]
     (app,) = [c for c in pod["containers"] if c["name"] == "app"]
-    assert app["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert app["startupProbe"]["httpGet"]["path"] == PROBES.LIVENESS
     # Liveness never depends on the database; readiness does.
-    assert app["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert app["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert app["livenessProbe"]["httpGet"]["path"] == PROBES.LIVENESS
+    assert app["readinessProbe"]["httpGet"]["path"] == PROBES.READINESS
     # The kubelet asks the pod on its own port, never through the public route.
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert app[probe]["httpGet"]["port"] == "http" and "host" not in app[probe]["httpGet"], probe
@@ -655,13 +655,21 @@ def test_sets_only_known_variables_and_every_required_one(name: str):
     assert not problems, "\n".join(problems)
 
 
-def _sizing() -> ModuleType:
-    """app/core/sizing.py, plain Python, loaded on its own (no Django on the host)."""
-    spec = importlib.util.spec_from_file_location("sizing", ROOT / "app" / "core" / "sizing.py")
+def _core_module(name: str) -> ModuleType:
+    """app/core/<name>.py, plain Python, loaded on its own (no Django on the host)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "app" / "core" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def _sizing() -> ModuleType:
+    return _core_module("sizing")
+
+
+# The probe paths the app answers (app/core/probes.py): every host probes these and no other.
+PROBES = _core_module("probes")
 
 
 SIZING = ("APP_REPLICAS", "GUNICORN_WORKERS", "DB_POOL_MAX_SIZE", "DB_SPARE_CONNECTIONS", "TASK_WORKER_REPLICAS")
@@ -717,7 +725,7 @@ def image_command() -> list[str]:
 def test_probes_and_migrations(name: str):
     t = target(name)
     assert t.probes or t.check_command, "the host needs some way to tell a dead instance"
-    assert set(t.probes) <= {"/healthz", "/readyz"}
+    assert set(t.probes) <= set(PROBES.PATHS)
     # Migrations: a command of their own, never part of starting the app.
     assert t.migrate.command == MIGRATE
     # The app runs the image's CMD (gunicorn), which never migrates; Fly's process groups write it out.

@@ -7,13 +7,15 @@ for `docker compose up` on a laptop (plain HTTP on localhost, DEBUG off).
 Reference: https://docs.djangoproject.com/en/6.1/ref/settings/
 """
 
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
 from django.utils.csp import CSP
 
-from config.env import env, secret
+from core import probes
+from core.env import env, metrics_port, secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -48,7 +50,7 @@ INSTALLED_APPS = [
 ]
 
 # Under ASGI, core.handlers.ASGIHandler runs Django's own middleware below
-# through drop-in subclasses (core.middleware.NO_HOP_SUBSTITUTES) that stay on
+# through drop-in subclasses (core/dropins.py, resolve()) that stay on
 # the event loop and hop to a thread only when a request needs one (a session
 # to save, a form to check); under WSGI they are Django's, unchanged. The
 # system checks core.W010 and core.W011 warn when something added here, or to
@@ -252,7 +254,7 @@ CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[f"https:
 HTTPS = env.bool("DJANGO_HTTPS", default=bool(SITE_DOMAINS))
 SECURE_SSL_REDIRECT = HTTPS
 # Probes talk plain HTTP to the app directly; they must not be redirected.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [f"^{re.escape(path.lstrip('/'))}$" for path in probes.PATHS]
 SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
 SESSION_COOKIE_HTTPONLY = True
@@ -317,9 +319,9 @@ STORAGES = {
 API_TOKEN = secret("API_TOKEN")
 
 # --- Metrics (core/metrics.py) -----------------------------------------------------------
-# The port on which /metrics is served: gunicorn.conf.py binds it and sets this;
-# under another server, or empty, no metrics are served.
-METRICS_PORT = env("METRICS_PORT", default="")
+# The port on which /metrics is served (9100; empty: none), as gunicorn.conf.py
+# and the task worker bind it. Requests to any other port never see /metrics.
+METRICS_PORT = metrics_port()
 
 # --- Internationalisation ----------------------------------------------------------
 LANGUAGE_CODE = "en-us"

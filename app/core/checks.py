@@ -14,7 +14,6 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
-from django.utils.module_loading import import_string
 
 from core import sizing
 
@@ -160,7 +159,7 @@ def _thread_cost(middleware: type) -> str | None:
         and (hasattr(middleware, "process_request") or hasattr(middleware, "process_response"))
     ):
         return "is a MiddlewareMixin: it runs process_request/process_response in a thread on every request"
-    from core.middleware import NoHopMixin
+    from core.dropins import NoHopMixin
 
     process_view = getattr(middleware, "process_view", None)
     async_view_hook = issubclass(middleware, NoHopMixin) and hasattr(middleware, "aprocess_view")
@@ -174,18 +173,18 @@ def middleware_stays_on_the_event_loop(
     app_configs: Sequence[AppConfig] | None, **kwargs: object
 ) -> list[checks.CheckMessage]:
     """Warn about middleware that would cost every async request a thread (core.W010)."""
-    from core.middleware import NO_HOP_SUBSTITUTES
+    from core import dropins
 
     messages = []
     for path in settings.MIDDLEWARE:
-        middleware = NO_HOP_SUBSTITUTES.get(path) or import_string(path)
+        middleware = dropins.resolve(path)
         reason = _thread_cost(middleware)
         if reason:
             messages.append(
                 checks.Warning(
                     f"Middleware {path} {reason}.",
                     hint="Make it async-native (async_capable = True, sync_capable = False, an async "
-                    "__call__), or subclass it with core.middleware.NoHopMixin if its hooks do no I/O. "
+                    "__call__), or subclass it with core.dropins.NoHopMixin if its hooks do no I/O. "
                     "See docs/async-safety.md.",
                     id="core.W010",
                 )

@@ -29,9 +29,8 @@ from django.dispatch import Signal
 from django.dispatch.dispatcher import _run_parallel
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix, set_urlconf
-from django.utils.module_loading import import_string
 
-from core.middleware import NO_HOP_SUBSTITUTES, view_hook
+from core import dropins
 
 logger = logging.getLogger("django.request")
 
@@ -179,7 +178,7 @@ class ASGIHandler(StockASGIHandler):
         handler_is_async = is_async
         for middleware_path in reversed(settings.MIDDLEWARE):
             # Changed: was import_string(middleware_path).
-            middleware = (is_async and NO_HOP_SUBSTITUTES.get(middleware_path)) or import_string(middleware_path)
+            middleware = dropins.resolve(middleware_path, is_async)
             middleware_can_sync = getattr(middleware, "sync_capable", True)
             middleware_can_async = getattr(middleware, "async_capable", False)
             if not middleware_can_sync and not middleware_can_async:
@@ -217,7 +216,7 @@ class ASGIHandler(StockASGIHandler):
                 self._view_middleware.insert(
                     0,
                     # Changed: was mw_instance.process_view.
-                    self.adapt_method_mode(is_async, view_hook(mw_instance, is_async)),
+                    self.adapt_method_mode(is_async, dropins.view_hook(mw_instance, is_async)),
                 )
             if hasattr(mw_instance, "process_template_response"):
                 self._template_response_middleware.append(

@@ -1,4 +1,4 @@
-"""Probes: /healthz (liveness) and /readyz (readiness).
+"""Probes: /healthz (liveness) and /readyz (readiness), the paths of core/probes.py.
 
 Liveness says the worker's event loop answers, and touches nothing else, so a
 database outage never gets healthy app containers restarted. Readiness says a
@@ -16,6 +16,8 @@ import time
 from asgiref.sync import sync_to_async
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from core import probes
 
 # A cached answer plus a check that times out: an outage shows within 2 s.
 READINESS_CACHE = 1.0
@@ -92,3 +94,7 @@ async def readyz(request: HttpRequest) -> HttpResponse:
         return HttpResponse("ready\n", content_type="text/plain")
     # What failed goes to the log above, not to whoever asked.
     return JsonResponse({"status": "unavailable", "reason": "database unavailable"}, status=503)
+
+
+# Each probe's view, by path: what core.middleware.HealthCheckMiddleware answers.
+VIEWS = {probes.LIVENESS: healthz, probes.READINESS: readyz}

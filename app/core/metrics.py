@@ -28,6 +28,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from core import probes
 from core.middleware import AsyncMiddleware
 from worker.metrics import QueueCollector
 
@@ -65,7 +66,7 @@ def route_of(request: HttpRequest) -> str:
     match = getattr(request, "resolver_match", None)
     if match is not None and match.route:
         return match.route
-    return request.path_info if request.path_info in ("/healthz", "/readyz") else "unmatched"
+    return request.path_info if request.path_info in probes.PATHS else "unmatched"
 
 
 def render() -> bytes:

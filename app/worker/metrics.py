@@ -9,10 +9,10 @@
 """
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Min
 from django.dispatch import receiver
@@ -56,10 +56,10 @@ def _on_finished(sender: type, task_result: TaskResult, **kwargs: object) -> Non
 
 
 def serve() -> None:
-    """The worker's metrics on METRICS_PORT (9100 unless set; empty: none), as the web serves its own."""
-    port = os.environ.get("METRICS_PORT", "9100")
+    """The worker's metrics on METRICS_PORT (settings.METRICS_PORT; None: none), as the web serves its own."""
+    port = settings.METRICS_PORT
     if port:
-        start_http_server(int(port))
+        start_http_server(port)
         logger.info("metrics on port %s", port)
 
 

@@ -21,10 +21,18 @@ def _int(name: str, default: int) -> int:
 
 # --- What to serve ----------------------------------------------------------------
 chdir = "/srv/app"
-sys.path.insert(0, chdir)  # for core.sizing, before gunicorn applies pythonpath below
-from core import sizing  # noqa: E402  (plain Python: Django is not loaded here)
+sys.path.insert(0, chdir)  # for core, before gunicorn applies pythonpath below
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 
-wsgi_app = "config.asgi:application"
+from core import sizing  # noqa: E402  (plain Python)
+from core.env import metrics_port as _metrics_port  # noqa: E402  (Django itself is not loaded here)
+
+# The project's package: the first part of the settings module the image names
+# (Dockerfile: config.settings here, mysite.settings in a project of your own,
+# docs/adopt.md). gunicorn serves its asgi.py; nothing in this file names the
+# package, so it copies as is.
+_project = os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings").partition(".")[0]
+wsgi_app = f"{_project}.asgi:application"
 # workers.py, and the app for its log format (core.jsonlog), before Django loads.
 pythonpath = f"{Path(__file__).resolve().parent},{chdir}"
 worker_class = "workers.UvicornWorker"
@@ -91,11 +99,14 @@ logconfig_dict = {
 
 # --- Metrics (app/core/metrics.py) ------------------------------------------------------------
 # A second port for Prometheus: nginx proxies only the first, so /metrics is
-# reachable inside the container network and nowhere else. Empty: no metrics port.
-metrics_port = os.environ.get("METRICS_PORT", "9100")
+# reachable inside the container network and nowhere else. Empty: no metrics
+# port. Django reads the same variable the same way (settings.METRICS_PORT).
+try:
+    metrics_port = _metrics_port()
+except ImproperlyConfigured as error:
+    raise SystemExit(f"gunicorn.conf.py: {error}") from None
 if metrics_port:
-    bind.append(f"0.0.0.0:{_int('METRICS_PORT', 9100)}")
-    os.environ["METRICS_PORT"] = metrics_port  # tells Django (settings.METRICS_PORT) which port it is
+    bind.append(f"0.0.0.0:{metrics_port}")
     # Where the workers leave their numbers for each other; in memory, wiped at start.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/dev/shm/metrics")  # noqa: S108  (private to the container)
 

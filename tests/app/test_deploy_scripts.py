@@ -94,8 +94,8 @@ def test_secrets_without_a_volume(init_secrets, monkeypatch, tmp_path):
 
 @pytest.fixture(autouse=True)
 def restore_environment():
-    # gunicorn.conf.py exports variables for the workers (METRICS_PORT, ...):
-    # keep them from leaking into the other tests.
+    # gunicorn.conf.py exports PROMETHEUS_MULTIPROC_DIR for the workers: keep it
+    # from leaking into the other tests.
     saved = dict(os.environ)
     yield
     os.environ.clear()
@@ -139,6 +139,21 @@ def test_gunicorn_conf_without_metrics(monkeypatch):
     assert conf.bind == ["0.0.0.0:8000"]
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     assert conf.forwarded_allow_ips == "127.0.0.1,::1"
+
+
+def test_gunicorn_conf_reads_the_metrics_port_as_django_does(monkeypatch):
+    from django.conf import settings
+
+    for name in ("METRICS_PORT", "PORT"):
+        monkeypatch.delenv(name, raising=False)
+    conf = load_gunicorn_conf(monkeypatch)
+    # One default, in core.env: gunicorn binds the port settings.METRICS_PORT names, and tells nobody.
+    assert conf.bind[-1] == f"0.0.0.0:{settings.METRICS_PORT}"
+    assert "METRICS_PORT" not in os.environ
+    conf = load_gunicorn_conf(monkeypatch, METRICS_PORT="9200")
+    assert conf.bind == ["0.0.0.0:8000", "0.0.0.0:9200"]
+    with pytest.raises(SystemExit, match="METRICS_PORT must be a port number"):
+        load_gunicorn_conf(monkeypatch, METRICS_PORT="metrics")
 
 
 def test_gunicorn_conf_rejects_a_bad_number(monkeypatch):

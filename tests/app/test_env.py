@@ -1,9 +1,9 @@
-"""Secrets from the environment or from *_FILE paths."""
+"""Secrets from the environment or from *_FILE paths; the metrics port."""
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import secret
+from core.env import metrics_port, secret
 
 
 def test_from_the_variable(monkeypatch):
@@ -56,3 +56,19 @@ def test_unreadable_file_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("DEMO_SECRET_FILE", str(tmp_path / "missing"))
     with pytest.raises(ImproperlyConfigured, match=r"DEMO_SECRET_FILE=.*cannot be read"):
         secret("DEMO_SECRET")
+
+
+@pytest.mark.parametrize(("value", "port"), [(None, 9100), ("9200", 9200), (" 9200 ", 9200), ("", None)])
+def test_metrics_port(monkeypatch, value, port):
+    if value is None:
+        monkeypatch.delenv("METRICS_PORT", raising=False)
+    else:
+        monkeypatch.setenv("METRICS_PORT", value)
+    assert metrics_port() == port
+
+
+@pytest.mark.parametrize("value", ["nine", "0", "65536", "-1", "91.0"])
+def test_a_bad_metrics_port_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv("METRICS_PORT", value)
+    with pytest.raises(ImproperlyConfigured, match="METRICS_PORT must be a port number"):
+        metrics_port()

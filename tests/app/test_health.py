@@ -30,6 +30,15 @@ def test_probes_answer_any_host(asgi):
     assert asgi.get("/now/", headers={"Host": "10.1.2.3:8000"}).status_code == 400
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_a_probe_answers_get_and_head_only(asgi, path):
+    # Answered before any other middleware, with no URL route behind it: another
+    # method gets a 405 that says what is allowed, not a page of the app's.
+    assert asgi.head(path).status_code == 200
+    response = asgi.post(path)
+    assert response.status_code == 405 and response["Allow"] == "GET, HEAD"
+
+
 def test_readyz_with_a_database(asgi):
     response = asgi.get("/readyz")
     assert response.status_code == 200 and response.content == b"ready\n"

@@ -16,9 +16,10 @@ from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, override_settings
 from django.utils.decorators import decorator_from_middleware
 
+from core.dropins import CsrfViewMiddleware, MessageMiddleware
+from core.dropins import SessionMiddleware as NoHopSessionMiddleware
 from core.handlers import ASGIHandler
-from core.middleware import CsrfViewMiddleware, DatabaseUnavailableMiddleware, MessageMiddleware
-from core.middleware import SessionMiddleware as NoHopSessionMiddleware
+from core.middleware import DatabaseUnavailableMiddleware
 
 ADAPTED = "adapted for middleware"
 

@@ -19,10 +19,10 @@ from django.test import RequestFactory, override_settings
 from django.utils.csp import CSP
 
 import config.settings
-import core.middleware
+import core.dropins
 from books.models import Book
+from core.dropins import NO_HOP_SUBSTITUTES, ContentSecurityPolicyMiddleware
 from core.handlers import ASGIHandler
-from core.middleware import NO_HOP_SUBSTITUTES, ContentSecurityPolicyMiddleware
 
 CSP_PATH = "django.middleware.csp.ContentSecurityPolicyMiddleware"
 ENFORCED, REPORT_ONLY = "Content-Security-Policy", "Content-Security-Policy-Report-Only"
@@ -100,7 +100,7 @@ def test_the_csp_drop_in_never_hops(monkeypatch):
     def no_hop(*args: object, **kwargs: object) -> None:
         raise AssertionError("the CSP middleware hopped to a thread")
 
-    monkeypatch.setattr(core.middleware, "sync_to_async", no_hop)
+    monkeypatch.setattr(core.dropins, "sync_to_async", no_hop)
 
     async def view(request: HttpRequest) -> HttpResponse:
         return HttpResponse(f"<script nonce={request._csp_nonce}>")

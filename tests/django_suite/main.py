@@ -2,7 +2,7 @@
 
 The two runs (runtests.py with suite_settings; see suite_runner.py) go at once.
 Exit status 0: every test that fails or errors with core.handlers and
-core.middleware in place also does so with Django's own classes. 1: some fail
+core.dropins in place also does so with Django's own classes. 1: some fail
 only with the blueprint's (listed, with tracebacks). 2: a run broke or the
 substitution did not hold, so the comparison would mean nothing.
 Arguments, if any, name the test modules to run instead of MODULES.

@@ -2,7 +2,7 @@
 
 With DJANGO_SUITE_MODE=blueprint, importing this module (runtests.py does, via
 TEST_RUNNER, before any test module is imported) makes core.handlers.ASGIHandler
-Django's ASGIHandler, each drop-in of core.middleware.NO_HOP_SUBSTITUTES the
+Django's ASGIHandler, each drop-in of core.dropins.NO_HOP_SUBSTITUTES the
 class of its Django path, and has Django's AsyncClient build its middleware chain
 as the blueprint's handler does. Every run writes its result to DJANGO_SUITE_REPORT (JSON).
 """
@@ -37,8 +37,8 @@ def substitute() -> list[str]:
     """Put the blueprint's classes where Django's are; return what was replaced."""
     from django.core.handlers import asgi
 
+    import core.dropins
     import core.handlers
-    import core.middleware
 
     replaced = []
     stock_handler = asgi.ASGIHandler
@@ -49,7 +49,7 @@ def substitute() -> list[str]:
         if name.split(".")[0] == "django" and getattr(module, "ASGIHandler", None) is stock_handler:
             module.ASGIHandler = core.handlers.ASGIHandler
             replaced.append(f"{name}.ASGIHandler")
-    for path, drop_in in core.middleware.NO_HOP_SUBSTITUTES.items():
+    for path, drop_in in core.dropins.NO_HOP_SUBSTITUTES.items():
         module, name = _split(path)
         if not issubclass(drop_in, getattr(module, name)):
             raise TypeError(f"{drop_in!r} is not a subclass of {path}")
@@ -63,11 +63,11 @@ def substitute() -> list[str]:
 
 def substitution_problems() -> list[str]:
     """What is not the blueprint's class where it should be (empty when the substitution holds)."""
+    import core.dropins
     import core.handlers
-    import core.middleware
 
     expected = {f"{name}.ASGIHandler": core.handlers.ASGIHandler for name in HANDLER_MODULES}
-    expected.update(core.middleware.NO_HOP_SUBSTITUTES)
+    expected.update(core.dropins.NO_HOP_SUBSTITUTES)
     problems = []
     if AsyncClientHandler.load_middleware is not core.handlers.ASGIHandler.load_middleware:
         problems.append(f"{ASYNC_CLIENT_CHAIN} is not core.handlers.ASGIHandler.load_middleware")
@@ -99,15 +99,15 @@ class CallProbe:
 
 
 def blueprint_probe() -> CallProbe:
+    import core.dropins
     import core.handlers
-    import core.middleware
 
     functions = [
         core.handlers.ASGIHandler.__call__,
         core.handlers.ASGIHandler.load_middleware,
         core.handlers.ASGIHandler.close_response,
-        core.middleware.NoHopMixin.__acall__,
-        core.middleware.CsrfViewMiddleware.aprocess_view,
+        core.dropins.NoHopMixin.__acall__,
+        core.dropins.CsrfViewMiddleware.aprocess_view,
     ]
     return CallProbe({f"{f.__module__}.{f.__qualname__}": f.__code__ for f in functions})
 

@@ -2,7 +2,9 @@
 
 Every setting in settings.py comes through here: plain values through
 django-environ's ``env``, secrets through :func:`secret`, which also accepts a
-``NAME_FILE`` path (Docker and Kubernetes secrets mount files).
+``NAME_FILE`` path (Docker and Kubernetes secrets mount files). gunicorn.conf.py
+reads :func:`metrics_port` here too, before Django loads: one default, one reading.
+In core, which copies as is, so a settings module of any name imports it.
 """
 
 from __future__ import annotations
@@ -35,3 +37,16 @@ def secret(name: str) -> str | None:
             raise ImproperlyConfigured(f"{name}_FILE={path} cannot be read: {exc.strerror}.") from None
         value = value.removesuffix("\n").removesuffix("\r")
     return value or None
+
+
+METRICS_PORT_DEFAULT = 9100
+
+
+def metrics_port() -> int | None:
+    """The port Prometheus scrapes, from ``$METRICS_PORT`` (9100 unless set); None when it is set empty (off)."""
+    raw = os.environ.get("METRICS_PORT", str(METRICS_PORT_DEFAULT)).strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ImproperlyConfigured(f"METRICS_PORT must be a port number (1-65535) or empty, not {raw!r}.")
+    return int(raw)
