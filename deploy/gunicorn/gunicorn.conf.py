@@ -64,9 +64,21 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
 keepalive = _int("GUNICORN_KEEPALIVE", 75)
 # A worker whose event loop stops answering this long is killed and replaced.
 timeout = _int("GUNICORN_TIMEOUT", 30)
-# On SIGTERM, requests in flight get this long; compose's stop_grace_period
-# and Kubernetes' terminationGracePeriodSeconds must be longer.
+# On SIGTERM, requests in flight get this long (open streams end 2 s before:
+# workers.py), then the arbiter kills what is left and exits.
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 20)
+# The rule, stated and enforced here: the platform's grace period for a
+# stopping container, APP_STOP_GRACE (compose's stop_grace_period reads it),
+# outlasts the drain by STOP_MARGIN seconds for the arbiter to finish, or the
+# platform's SIGKILL cuts requests in flight short. Other hosts' grace periods
+# are checked against the same sum by tests/test_manifests.py.
+STOP_MARGIN = 2
+_stop_grace = _int("APP_STOP_GRACE", 30)
+if graceful_timeout + STOP_MARGIN > _stop_grace:
+    raise SystemExit(
+        f"gunicorn.conf.py: GUNICORN_GRACEFUL_TIMEOUT ({graceful_timeout} s) must end at least {STOP_MARGIN} s "
+        f"before APP_STOP_GRACE ({_stop_grace} s), the platform's grace period: lower the one or raise the other"
+    )
 # Recycle workers after this many requests (0: never), jittered so they do
 # not all restart at once.
 max_requests = _int("GUNICORN_MAX_REQUESTS", 0)

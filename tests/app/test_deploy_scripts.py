@@ -156,6 +156,16 @@ def test_gunicorn_conf_reads_the_metrics_port_as_django_does(monkeypatch):
         load_gunicorn_conf(monkeypatch, METRICS_PORT="metrics")
 
 
+def test_gunicorn_conf_refuses_a_drain_longer_than_the_platforms_grace(monkeypatch):
+    monkeypatch.delenv("APP_STOP_GRACE", raising=False)
+    assert load_gunicorn_conf(monkeypatch, GUNICORN_GRACEFUL_TIMEOUT="28").graceful_timeout == 28
+    with pytest.raises(
+        SystemExit, match=r"GUNICORN_GRACEFUL_TIMEOUT \(29 s\) must end at least 2 s before APP_STOP_GRACE \(30 s\)"
+    ):
+        load_gunicorn_conf(monkeypatch, GUNICORN_GRACEFUL_TIMEOUT="29")
+    assert load_gunicorn_conf(monkeypatch, GUNICORN_GRACEFUL_TIMEOUT="58", APP_STOP_GRACE="60").graceful_timeout == 58
+
+
 def test_gunicorn_conf_rejects_a_bad_number(monkeypatch):
     with pytest.raises(SystemExit, match="GUNICORN_WORKERS must be a whole number, not 'many'"):
         load_gunicorn_conf(monkeypatch, GUNICORN_WORKERS="many")
