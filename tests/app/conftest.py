@@ -9,6 +9,16 @@ from asgiref.sync import async_to_sync
 from django.db.backends.signals import connection_created
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_database(django_db_setup: None) -> None:
+    """The test database, made before the first test, whichever runs first.
+
+    Django's pool keeps the database it was opened on: a test without the database that still opens the
+    pool (test_draining's stream, through the middleware) would otherwise open it on the stack's own, and
+    the migrations and every test after it would run there, not in the test database.
+    """
+
+
 @pytest.fixture
 def asgi() -> Client:
     """Requests through config.asgi.application (the production handler and middleware), as a server makes them."""

@@ -28,7 +28,7 @@ class Suite:
     name: str
     root: Path  # the unpacked sdist: its pytest settings and tests/
     modules: list[str]
-    # Upstream's addopts, less what needs tools this image leaves out (pytest-xdist's -n).
+    # Upstream's addopts, less pytest-xdist's -n: the suites run in one process here.
     addopts: str | None = None
 
 
