@@ -1,19 +1,8 @@
 """The benchmark: the same app image under each server, behind the same nginx, against the same Postgres.
 
-    bench/run [--servers blueprint,gthread,...] [--workloads now,books,sleep,streams,fanout,tasks]
-              [--duration 10] [--repeat 2] [--workers N] [--stream-levels 1000,2000,...]
-              [--fanout-subscribers 1000,5000] [--fanout-seconds 30] [--fanout-transport http1|h2c]
-              [--out DIR] [--quick]
-
-It starts its own copy of the stack (project async-django-bench, a free port
-on 127.0.0.1), swaps the app container's command for each server, drives it
-with wrk through nginx, samples the app container's memory and threads, and
-removes everything when it ends. The fan-out workload (bench/fanout.py) runs
-after the servers, against the blueprint alone, with FANOUT_REPLICAS app
-containers; the tasks workload (bench/tasks.py) last, against the blueprint
-and its task workers.
-Results: printed, and written to DIR/results.md, results.json and chart.png
-(DIR defaults to bench/results).
+Starts a copy of the stack of its own, drives each server through nginx with wrk and h2load, and
+removes it all at the end. Servers, workloads and how to read the results: docs/performance.md.
+Results: printed, and written to results.md, results.json and chart.png in --out (bench/results).
 """
 
 from __future__ import annotations
@@ -94,12 +83,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--servers", default=",".join(s.name for s in SERVERS))
-    parser.add_argument("--workloads", default="now,books,sleep,streams,fanout,tasks")
+    parser.add_argument(
+        "--servers", default=",".join(s.name for s in SERVERS), help="comma-separated, of: %(default)s (default: all)"
+    )
+    parser.add_argument(
+        "--workloads", default="now,books,sleep,streams,fanout,tasks", help="comma-separated (default: %(default)s)"
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per server and workload (default 2)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers per server (default: cores)")
-    parser.add_argument("--stream-levels", default="1000,2000,3000,4000,5000")
+    parser.add_argument(
+        "--stream-levels", default="1000,2000,3000,4000,5000", help="held streams (default %(default)s)"
+    )
     parser.add_argument("--fanout-subscribers", default="1000,5000", help="fan-out levels (default 1000,5000)")
     parser.add_argument("--fanout-seconds", type=float, default=30.0, help="of commits per fan-out level (default 30)")
     parser.add_argument(
@@ -109,7 +104,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="http1: a connection per subscriber (default); h2c: HTTP/2 to nginx, 100 streams a connection "
         "(Docker's userland proxy stops a few thousand connections short: docs/performance.md)",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results", help="results directory (default bench/results)"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny load, to check that the command works")
     args = parser.parse_args(argv)
     unknown = set(args.servers.split(",")) - set(BY_NAME)

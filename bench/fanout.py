@@ -1,18 +1,7 @@
 """Fan-out: N subscribers to GET /books/stream/, a book committed every 100 ms; how late, missed, twice.
 
-    python -m bench.fanout --port 8000 --token-file secrets/api_token [--subscribers 1000] [--seconds 30]
-                           [--transport http1|h2c] [--project async-django]      (from the repository's root)
-
-Opens N event streams through nginx (a connection each, or HTTP/2, 100 to a
-connection) after the last book's id; once all have started, POSTs a book
-every --interval s for --seconds. Latency runs from the book's created_at
-(the server's clock, just before its INSERT commits) to its event's arrival
-here; a stream that ends is resumed with Last-Event-ID, as EventSource does.
-It samples the app containers' memory and threads, Postgres' connections and
-everyone's CPU time (docker exec), and stops by itself within a hard time
-limit. The standard library, on uvloop when it is installed (requirements/
-bench.txt): the client shares the machine with what it measures, so it
-should cost as little as it can. bench/__main__.py runs it as workload `fanout`.
+Run from the repository's root against a running stack; bench/__main__.py runs it as workload
+`fanout`. What it measures and how: docs/performance.md, "(e) fan-out".
 """
 
 from __future__ import annotations
@@ -871,7 +860,7 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
     parser.add_argument("--port", type=int, default=8000, help="nginx on 127.0.0.1 (default 8000)")
     parser.add_argument("--token-file", type=Path, required=True, help="the API token (API_TOKEN_FILE)")
-    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--subscribers", type=int, default=1000, help="streams held open (default 1000)")
     parser.add_argument("--seconds", type=float, default=30.0, help="of commits (default 30)")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between books (default 0.1)")
     parser.add_argument("--transport", choices=sorted(TRANSPORTS), default="http1",

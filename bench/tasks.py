@@ -1,25 +1,7 @@
 """Background tasks (app/worker, docs/tasks.md): what enqueueing costs a view, and tasks finished per second.
 
-Against the blueprint stack bench/__main__.py started, with the demo's own
-task (books.tasks.summarize_book), nothing written for the benchmark:
-
-- POST /books/ through nginx from CLIENTS kept-open connections for
-  POST_SECONDS: the async view inserts the book, aenqueue()s its task (a row
-  in Postgres) and stores the task's id: p50/p99, and every task it
-  enqueued run by one worker;
-- aenqueue() alone, timed inside the app container: an event loop with
-  CLIENTS callers (at most one app worker's pool of connections), each
-  call as a request makes it (its own thread for sync work, its connection
-  back to the pool after), with the app's settings;
-- pickup: single tasks enqueued while one worker is idle, started_at minus
-  enqueued_at (the worker looks at the queue every TASK_WORKER_INTERVAL);
-- throughput: a batch committed in one transaction while N workers
-  (TASK_WORKER_REPLICAS) wait, BOOK_SUMMARY_DELAY 0 ("no-op": one SELECT and
-  one UPDATE) or 0.1 s; tasks/s from the first started_at to the last
-  finished_at, and each worker's own rate over its own busy span.
-
-Workers are recreated with the settings of each step (compose up --scale).
-bench/__main__.py runs it as workload `tasks`.
+Against the blueprint stack bench/__main__.py started, with the demo's own task, as workload `tasks`.
+What it measures and how: docs/performance.md, "(f) tasks".
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """The deployment targets in deploy/, read into one shape, and the one list of variables.
 
-Each target (a Kubernetes overlay, Cloud Run, Fly.io, Render, ECS) is read from
-its own files into a :class:`Target`: how the host starts the image (settings,
-secrets, user, filesystem), where it sends requests, what it probes, how it
-stops a container, how it runs the migrations and the task worker (a
-:class:`Worker`). tests/test_manifests.py checks these on paper;
-tests/test_container_hosts.py runs the image that way.
-
-The variables come from .env.example alone (:func:`registry`): every name, its
-default in brackets, ``(required)`` for what a deployment must set, and the
-"Secrets" section for what may also come as a ``NAME_FILE``.
+Each target (a Kubernetes overlay, Cloud Run, Fly.io, Render, ECS) becomes a :class:`Target`, its task
+worker a :class:`Worker`; :func:`registry` reads .env.example. tests/test_manifests.py checks them on
+paper; tests/test_container_hosts.py runs the image that way.
 """
 
 from __future__ import annotations
@@ -76,7 +69,8 @@ def _bracket_groups(text: str) -> list[str]:
 
 
 def registry(path: Path = ROOT / ".env.example") -> dict[str, Variable]:
-    """Every variable in .env.example, set or commented out, with what its comment says."""
+    """Every variable in .env.example, set or commented out, with what its comment says: its default in brackets,
+    ``(required)`` for what a deployment must set, and the "Secrets" section for what may also come as NAME_FILE."""
     variables: dict[str, Variable] = {}
     section, comments, names = "", [], []
 
@@ -160,6 +154,9 @@ class Worker:
 
 @dataclass
 class Target:
+    """A host's way with the image: how it starts it (settings, secrets, user, filesystem), where it sends requests,
+    what it probes, how it stops a container, how it runs the migrations and the task worker."""
+
     name: str
     web: Workload
     migrate: Workload

@@ -1,20 +1,8 @@
 """A real browser through nginx: headless Chromium logs into the admin, adds a Book, and finds it on /books/.
 
-What the HTTP-level tests cannot show: that a browser, with its own cookie jar,
-Origin and Referer headers and CSS engine, gets through the proxy. The admin's
-stylesheets load from /static/ and apply, the login sets the session and CSRF
-cookies, the add form's POST passes Django's CSRF check, and the same POST
-without the form's token is refused with 403. And the live page: two browsers,
-one watching "/" while the other, logged in as staff, adds books through the
-page's form; each appears on the first without a reload, once, and its summary, written by the task worker,
-goes from pending to done there.
-
-It drives the system's Chromium (/usr/bin/chromium and /usr/bin/chromedriver,
-Debian's `chromium` and `chromium-driver`; $CHROMIUM and $CHROMEDRIVER to use
-others) with Selenium, given the driver's path, so nothing is downloaded at run
-time. Without them it is skipped; CI (.ci/run) installs them. A screenshot of the admin after the book was added is
-saved to $TEST_ARTIFACTS/admin-book-added.png (default tests/artifacts/), one of the live page to live-page.png
-there; with DOCS_SCREENSHOTS=1 the latter is also copied to docs/img/live-page.png, the documentation's picture.
+What the HTTP-level tests cannot show: the admin's styles, its login and CSRF check as a browser meets
+them, the page's script under its Content-Security-Policy, and the live page updating without a reload.
+Skipped without Chromium and its driver (CHROMIUM, CHROMEDRIVER below).
 """
 
 from __future__ import annotations
@@ -39,8 +27,12 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from harness.stack import ROOT, Stack
 
+# The system's Chromium and its driver (Debian's `chromium` and `chromium-driver`; CI's .ci/run installs them),
+# handed to Selenium by path so that nothing is downloaded at run time; $CHROMIUM and $CHROMEDRIVER name others.
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
+# Screenshots: the admin after the book was added (admin-book-added.png) and the live page (live-page.png);
+# with DOCS_SCREENSHOTS=1 the latter is also copied to docs/img/live-page.png, the documentation's picture.
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
 WAIT = 30  # seconds for any one page; the whole test takes a few
 LIVE_WAIT = 10  # seconds for a new book to reach an open page: it takes well under one
@@ -143,6 +135,9 @@ def document_statuses(driver: webdriver.Chrome) -> list[tuple[str, str, int]]:
 
 
 def test_browser_logs_in_adds_a_book_and_sees_it(stack: Stack, browser: webdriver.Chrome):
+    """With its own cookie jar, Origin and Referer and CSS engine, through the proxy: the admin's stylesheets load
+    from /static/ and apply, the login sets the session and CSRF cookies, the add form's POST passes the CSRF
+    check, and the same POST without the form's token is refused with 403."""
     password = stack.create_superuser("browser")
     title = f"Browser book {secrets.token_hex(4)}"
     rejected = f"Tokenless book {secrets.token_hex(4)}"
@@ -283,7 +278,8 @@ def test_the_live_page_shows_books_added_elsewhere_as_they_come(
     stack: Stack, browser: webdriver.Chrome, second_browser: webdriver.Chrome
 ):
     """Browser 1 watches "/"; browser 2, logged in as staff, adds a book with the page's script and one without.
-    Both reach browser 1 without a reload, once each, newest first, and it shows its worker's streams."""
+    Both reach browser 1 without a reload, once each, newest first, and it shows its worker's streams; the first
+    book's summary, written by the task worker, goes from pending to done there."""
     viewer, staff = browser, second_browser
     password = stack.create_superuser("live-staff")
     by_script, by_form = (f"Live book {secrets.token_hex(4)}" for _ in range(2))

@@ -1,14 +1,7 @@
 """One worker overloaded with database requests: it turns the excess away at once and keeps answering.
 
-On the session's stack (one gunicorn worker, a pool of 10 connections, 40
-waiters at most: DB_POOL_MAX_SIZE, DB_POOL_MAX_WAITING). A transaction holds
-a lock on the books table for a few seconds, so every /books/ request keeps
-its connection while it waits; a burst of far more requests than the pool
-and its queue hold then arrives through nginx on 127.0.0.1. The requests
-past the bound must get a 503 with Retry-After at once, none may wait past
-the pool timeout, /healthz must answer throughout, and afterwards every
-request succeeds. The per-worker bound on requests in flight
-(WORKER_MAX_REQUESTS_IN_FLIGHT) is tested in the image, tests/app/test_load_shedding.py.
+On the session's stack, through nginx; docs/operations.md, "Database timeouts and load shedding".
+The per-worker bound on requests in flight is tested in the image, tests/app/test_load_shedding.py.
 """
 
 from __future__ import annotations
@@ -69,6 +62,10 @@ def books_locked(stack: Stack) -> bool:
 
 
 def test_overloaded_worker_sheds_load(stack: Stack):
+    """One gunicorn worker, a pool of 10 connections, 40 waiters at most (DB_POOL_MAX_SIZE, DB_POOL_MAX_WAITING).
+    While a transaction locks the books table, every /books/ request keeps its connection; a burst of far more
+    than the pool and its queue hold then arrives. The requests past the bound get a 503 with Retry-After at
+    once, none waits past the pool timeout, /healthz answers throughout, and afterwards every request succeeds."""
     assert len(stack.gunicorn_workers()) == 1
     assert get(stack.port, "/books/").status == 200
 

@@ -1,12 +1,9 @@
 """Faults, each while a bounded load runs through nginx on 127.0.0.1.
 
-On the session's stack: the database stopped for 30 s, the database cut off
-from its network for 30 s (silent: it refuses nothing), a worker killed with
-SIGKILL, `docker compose stop app` with requests and streams in flight, and
-the app's memory limit. Each case leaves that stack serving again. On a stack
-of its own with two app replicas: a redeploy with no failed request, the data
-surviving `down`/`up` and a `kill -9` of the database, and a backup/restore
-round trip, all through the documented commands.
+On the session's stack, each leaving it serving again: the database stopped or silent, a worker killed,
+`docker compose stop app` mid-request, the memory limit. On a stack of its own with two replicas, through
+the documented commands: a redeploy, the data across `down`/`up` and `kill -9`, a backup and restore.
+What each must show: docs/operations.md, "When things fail".
 """
 
 from __future__ import annotations

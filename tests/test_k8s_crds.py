@@ -1,18 +1,8 @@
 """The custom resources on paper, offline: each against the schema of its CustomResourceDefinition.
 
-The HTTPRoutes, the trial's Gateway, the KEDA ScaledObject and the example
-shared Gateway (deploy/k8s/gateway/) are no Kubernetes kinds, so
-kubernetes-validate has no schema for them (tests/test_manifests.py leaves them
-out). Their CRDs, copied unchanged from the projects' release tags (Gateway API
-v1.6.1 standard channel, KEDA v2.20.2), are kept in ../shared/k8s-crds/ beside
-this project; where that folder is absent, these tests skip.
-
-Strict as the API server is with `kubectl apply` (field validation Strict): a
-field the schema does not name fails, everywhere but where the schema keeps
-unknown fields (x-kubernetes-preserve-unknown-fields) or allows any key
-(additionalProperties). metadata is checked against Kubernetes' own ObjectMeta.
-The CEL rules of a schema (x-kubernetes-validations) are not evaluated here;
-tests/test_manifests.py checks the few that bear on these files by hand.
+The HTTPRoutes, the Gateways and the KEDA ScaledObject, strictly, against the CRDs kept in
+../shared/k8s-crds/ (skipped where that folder is absent). See docs/kubernetes.md, "Checked by the
+test command".
 """
 
 from __future__ import annotations

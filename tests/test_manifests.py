@@ -1,17 +1,8 @@
 """The deployment manifests on paper, offline: nothing here needs a cluster or a cloud account.
 
-- Kubernetes: every overlay rendered with `kubectl kustomize` and validated,
-  strictly, against the schemas of Kubernetes 1.34 and the newest release
-  kubernetes-validate holds (the custom resources, HTTPRoutes and KEDA's
-  ScaledObject, against their CRDs in tests/test_k8s_crds.py); then its
-  wiring, pod security, stop timing, routes, metrics port and autoscaler.
-- Container hosts: the ECS files against botocore's ECS API model, Cloud Run's
-  containers against the Kubernetes Container schema, fly.toml and render.yaml
-  (no offline schema exists for them) by their own rules.
-- Every target against .env.example, the one list of variables.
-- The task worker on every target: the web's image and settings, its own
-  command, a grace period its graceful stop fits in, and its database
-  connections in the sizing sum.
+Every Kubernetes overlay and container host's files against their schemas and their own rules, every
+target against .env.example, and the task worker on every target. What each host's check covers: the
+"Checked by the test command" section of its page in docs/.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """The migrate step on the running stack: its timeouts, and a migration stuck behind a lock that spares the site.
 
-`python manage.py migrate` (core/management/commands/migrate.py) sets a lock
-timeout and a statement timeout on its connection from DB_MIGRATE_*. Here a
-psql session holds a lock on books_book in an open transaction (as a long
-report would) while a migration that alters books_book runs: the migration gives
-up within its lock timeout, tries again, fails with a message naming the
-migration and the table, and reads of /books/ through nginx are served the whole
-time. The pending migration comes from the test image (tests/app/probe_migrations)
-and is never applied, so the stack's database is left as it was.
+See docs/operations.md, "Migrations that cannot take the site down".
 """
 
 from __future__ import annotations
@@ -23,6 +16,7 @@ NO_READ_LONGER_THAN = 5.0
 
 
 def test_the_migrate_step_runs_with_the_timeouts_from_the_environment(stack: Stack):
+    """`manage.py migrate` (core/management/commands/migrate.py) sets its connection's timeouts from DB_MIGRATE_*."""
     # As the stack started it: the defaults, as Postgres reports them for the step's connection.
     assert "Migrating with lock_timeout=2s, statement_timeout=1min;" in stack.logs("migrate")
     result = stack.compose(
@@ -63,6 +57,10 @@ def migrate_probe(stack: Stack, target: str) -> subprocess.CompletedProcess[str]
 
 
 def test_a_migration_behind_a_long_transaction_gives_up_while_reads_are_served(stack: Stack):
+    """A psql session holds a lock on books_book in an open transaction (as a long report would) while a migration
+    that alters books_book runs: it gives up within its lock timeout, tries again, fails with a message naming the
+    migration and the table, and /books/ is served through nginx the whole time. The migration comes from the test
+    image (tests/app/probe_migrations) and is never applied, so the stack's database is left as it was."""
     assert stack.get("/books/").status == 200
     psql = 'PGPASSWORD=$(cat "$POSTGRES_PASSWORD_FILE") psql -X -q -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
     holder = subprocess.Popen(

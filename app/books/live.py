@@ -1,14 +1,8 @@
 """New books, live, to every open stream: one LISTEN connection per worker, fanned out in memory.
 
-A trigger on books_book announces each committed book with NOTIFY (migration
-0002), whoever wrote it: the API, the admin, psql. Each worker's Hub holds one
-connection of its own (psycopg's async connection, outside Django's pool) that
-LISTENs, fetches each announced book once and hands it to the worker's
-subscribers: the streams and long-polls of books.views. Viewers cost the
-database nothing. The Hub keeps the last LIVE_BUFFER books, so a client that
-resumes from an id (Last-Event-ID) is caught up from memory; after a lost
-connection it reconnects by itself and announces what it missed. The design
-and its limits: docs/live-updates.md.
+Each worker's Hub LISTENs for the trigger's NOTIFY (migration 0002), fetches each book once, keeps the
+last LIVE_BUFFER for resuming and hands them to the streams and long-polls of books.views.
+The design and its limits: docs/live-updates.md, "How a book gets to every stream".
 """
 
 from __future__ import annotations

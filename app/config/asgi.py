@@ -1,13 +1,7 @@
-"""The ASGI entry point: gunicorn's Uvicorn workers load `config.asgi:application`.
-
-The application is core.handlers.ASGIHandler, Django's ASGI handler minus the
-OS thread it otherwise holds for every request in flight; with
-DJANGO_STOCK_HANDLER=true it is Django's own, with Django's middleware as is.
-
-Before serving, the worker runs Django's system checks and refuses to start on
-any error, the way `runserver` does and gunicorn does not. This is what stops
-a container that was given DJANGO_ALLOW_ASYNC_UNSAFE (check core.E001) or no
-secret key (core.E002). https://docs.djangoproject.com/en/6.1/howto/deployment/asgi/
+"""The ASGI entry point gunicorn's Uvicorn workers load: core.handlers.ASGIHandler, or Django's own with
+DJANGO_STOCK_HANDLER=true. It runs the system checks before a worker serves and refuses to start on an
+error, as `runserver` does: the escape hatch (core.E001) or a missing secret key (core.E002) never serves.
+See docs/async-safety.md. https://docs.djangoproject.com/en/6.1/howto/deployment/asgi/
 """
 
 import os

@@ -1,16 +1,8 @@
 """The bound on requests waiting for a database connection (DB_POOL_MAX_WAITING), kept true.
 
-psycopg_pool counts a request that gave up waiting (PoolTimeout) as waiting
-until a connection is handed to the queue, which skips it then. While the
-database is gone no connection ever is, so after max_waiting timeouts the
-queue is full of requests long gone: every request is turned away with
-TooManyRequests, which also stops the pool from opening a connection, and the
-app would stay down after the database is back. forget_timed_out_waiters()
-drops them; core.middleware.DatabaseUnavailableMiddleware calls it whenever the
-pool turns a request away. It reads psycopg_pool's internals (_lock, _waiting,
-WaitingClient.conn and .error): tests/app/test_load_shedding.py fails
-if they or that behaviour change.
-https://www.psycopg.org/psycopg3/docs/api/pool.html#psycopg_pool.ConnectionPool
+forget_timed_out_waiters() drops the requests psycopg_pool still counts as waiting after they gave up;
+it reads the pool's internals, which tests/app/test_load_shedding.py guards.
+See docs/operations.md, "Database timeouts and load shedding".
 """
 
 from django.db import DEFAULT_DB_ALIAS, connections

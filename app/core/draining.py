@@ -1,12 +1,8 @@
 """The server is draining: responses that could outlast it should end now.
 
-On SIGTERM (a redeploy, `docker compose stop`, a pod ending) the worker stops
-accepting connections and gives the requests in flight GUNICORN_GRACEFUL_TIMEOUT
-seconds; what is still open then is cut off. Just before, it calls
-config.asgi.on_drain(), which is begin() here (deploy/gunicorn/workers.py).
-Long responses, such as Server-Sent Events, wait with sleep() below instead of
-asyncio.sleep(): it returns early once the drain has begun, so the stream can
-finish properly and the client reconnects, to another instance.
+begin() is config.asgi.on_drain(), which the worker calls as its graceful shutdown starts. Long
+responses (Server-Sent Events) wait with sleep() below instead of asyncio.sleep(): it returns early
+once the drain has begun. See docs/architecture.md, "The worker" (a drain notice).
 """
 
 import asyncio

@@ -1,13 +1,8 @@
 """Django's own middleware, run without a thread: drop-in subclasses, the table of them, and resolve().
 
-Django's middleware classes are MiddlewareMixin subclasses, which under ASGI
-run process_request and process_response through
-sync_to_async(thread_sensitive=True): a thread per request, even for a header.
-These subclasses run those hooks on the event loop, which is safe because they
-do no I/O, and hop to the request's thread only in the cases that do (a session
-to save, messages to store, a form to check for CSRF). Any database access they
-might still attempt on the loop raises SynchronousOnlyOperation, as it should.
-docs/async-safety.md ("Threads") has the table of what each one changes.
+The subclasses run Django's hooks on the event loop, since they do no I/O, and hop to the request's
+thread only when it needs one (a session to save, messages to store, a form to check for CSRF).
+See docs/async-safety.md, "Threads".
 """
 
 import functools

@@ -1,12 +1,8 @@
 """Probes: /healthz (liveness) and /readyz (readiness), the paths of core/probes.py.
 
-Liveness says the worker's event loop answers, and touches nothing else, so a
-database outage never gets healthy app containers restarted. Readiness says a
-query got through the pool within READINESS_TIMEOUT seconds; load balancers,
-nginx and Kubernetes stop routing to an instance that fails it. Its answer is
-kept for READINESS_CACHE seconds and shared by the requests that wait for it,
-so however often anyone asks, a worker sends the database at most one query a
-second (docs/operations.md).
+Liveness touches nothing but the event loop; readiness is one query through the pool, its answer kept
+for READINESS_CACHE seconds and shared, so a worker sends the database at most one probe query a second.
+See docs/architecture.md, "Probes".
 """
 
 import asyncio

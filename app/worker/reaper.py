@@ -1,13 +1,8 @@
 """Tasks whose worker died run again: the worker's answer to kill -9, out-of-memory kills and lost machines.
 
-django-tasks-db marks a task RUNNING when a worker claims it and nothing
-else until that worker records the outcome; a worker that dies first leaves
-it RUNNING for good. Each worker looks every TASK_REAP_INTERVAL seconds for
-RUNNING tasks whose worker has no connection in pg_stat_activity (identity.py)
-and, once it has seen the same one twice (a connection being replaced is not
-a death), puts it back in the queue, or, if TASK_MAX_ATTEMPTS workers have
-claimed it already, records it FAILED with WorkerLost. Tasks may therefore
-run more than once: they must be idempotent (docs/tasks.md).
+A RUNNING task whose worker has no connection in pg_stat_activity (identity.py), seen so twice, goes back
+to the queue, or is recorded FAILED with WorkerLost after TASK_MAX_ATTEMPTS claims.
+See docs/tasks.md, "The backend, chosen on the evidence".
 """
 
 import logging

@@ -1,18 +1,8 @@
 """The task worker: django-tasks-db's Worker, with what running it in production takes.
 
-django_tasks_db's loop claims one READY task at a time with SKIP LOCKED, runs
-it and records the outcome; on SIGTERM it starts no new task and lets the
-running one finish. Around it, this module adds (docs/tasks.md):
-
-- a deadline on that finish: TASK_WORKER_GRACE is the platform's grace period
-  (compose's stop_grace_period reads it too); GRACE_MARGIN seconds before it
-  ends, the task is interrupted and put back in the queue, never killed
-  half-recorded;
-- a keeper thread that writes the heartbeat the healthcheck reads
-  (deploy/worker/healthcheck.py) and runs the reaper (reaper.py);
-- the worker's identity on every database connection (identity.py), in a
-  pool of its own size (core.sizing.TASK_WORKER_POOL_SIZE);
-- the enqueuing request's id on every log line of the task.
+A bounded graceful stop (TASK_WORKER_GRACE), a keeper thread for the heartbeat and the reaper, the
+worker's identity on its connections and the enqueuing request's id on its log lines.
+See docs/tasks.md, "The backend, chosen on the evidence".
 """
 
 import json

@@ -1,16 +1,8 @@
 """The site's certificate: obtained and renewed with certbot over HTTP-01, handed to nginx.
 
-Run by: the `acme` service of deploy/compose/https.yml, as `acme.py run`; by
-hand, `docker compose exec acme python3 /srv/acme/acme.py renew --force`.
-Copying it: set SITE_DOMAINS and ACME_EMAIL (.env.example, "HTTPS"). Why and
-how: docs/production-vm.md.
-
-certbot keeps its account and certificates in STATE. Each certificate it
-issues is copied into CERTS as a new directory, and CERTS/live, a symlink, is
-swapped to it in one rename, so nginx (which reloads when `live` changes,
-nginx/entrypoint/41-certificate-reload.sh) never sees a key and certificate
-that do not belong together. A failure is logged and tried again later; the
-site serves on with what it had.
+Run by: the `acme` service of deploy/compose/https.yml, as `acme.py run`; by hand,
+`docker compose exec acme python3 /srv/acme/acme.py renew --force`. Copying it: set SITE_DOMAINS and
+ACME_EMAIL (.env.example, "HTTPS"). Why and how: docs/production-vm.md, "The certificate".
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """Give this installation its own secrets, once: the `secrets` step of docker-compose.yml.
 
-For each secret, the file in SECRETS_DIR (the `secrets` volume) is written
-from the file given for it (DJANGO_SECRET_KEY_FILE ... in .env, which compose
-mounts at GIVEN_DIR/<name>), or else filled with a random value the first
-time and kept from then on, across restarts and `docker compose down`. The
-app, the migrate step and Postgres then read the files through
-DJANGO_SECRET_KEY_FILE, POSTGRES_PASSWORD_FILE and API_TOKEN_FILE. Values are
-never printed, and never pass through an environment variable.
-
-API_TOKEN is not generated: without one, POST /books/ stays disabled (403).
+Each file in SECRETS_DIR (the `secrets` volume) is copied from the one given for it (DJANGO_SECRET_KEY_FILE ...
+in .env, mounted at GIVEN_DIR/<name>), or else filled with a random value once and kept. Values are never
+printed and never pass through an environment variable; API_TOKEN is never generated (no token: no writes).
 """
 
 import os

@@ -1,12 +1,8 @@
-"""The task worker's healthcheck: healthy while its heartbeat is fresh and no task overstays.
+"""The task worker's healthcheck (compose, Kubernetes' liveness probe, ECS): healthy while its heartbeat is fresh.
 
-Run by: docker-compose.yml (healthcheck of `worker`), Kubernetes' liveness
-probe, ECS' health check. The worker (app/worker/run.py) rewrites
-/tmp/task-worker.json every second with the task it runs and since when.
-Exit 1, "stuck", when that file is older than STALE_SECONDS (the process hangs)
-or a task has run longer than its TASK_TIME_LIMIT; the platform then replaces
-the worker, and the reaper puts the task back in the queue. Standard library
-only: no Django start-up, no database connection per probe.
+Exit 1, "stuck", when /tmp/task-worker.json (rewritten every second by app/worker/run.py) is older than
+STALE_SECONDS or its task has outrun TASK_TIME_LIMIT. Standard library only: no Django start-up, no database
+connection per probe. See docs/tasks.md, "The backend, chosen on the evidence".
 """
 
 import json

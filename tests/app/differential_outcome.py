@@ -1,18 +1,7 @@
 """What a client and the outside world can see of a differential run, with only per-run values normalised.
 
-Normalised, and why:
-- cookie values that are random per run (the session key, the CSRF secret)
-  become the label of the request that first received them, so "the same
-  session again" and "a new session" still compare;
-- the messages cookie is signed with a timestamp, so it is compared decoded;
-- a cookie's expires= date is now + max-age (max-age itself is compared);
-- database ids and session keys are random or sequence-dependent; rows are
-  compared by content, a session by its data, a user id by its username;
-- a Content-Security-Policy nonce is new on every response: each one the
-  policy names becomes the label of its request, in the header and the body
-  alike, so a page whose nonce is not its policy's still differs.
-Nothing else is: X-Request-ID is given by the client (as nginx gives it),
-and no view puts a token or key in a body.
+What is normalised, and why: :class:`Normaliser`. See docs/async-safety.md, "How it is shown to behave
+like Django".
 """
 
 import logging
@@ -36,7 +25,20 @@ NONCE = re.compile(r"'nonce-([^']+)'")
 
 
 class Normaliser:
-    """Names each random cookie value after the request that received it first."""
+    """Makes two runs comparable: only what differs from run to run is normalised, each for a reason.
+
+    - Cookie values that are random per run (the session key, the CSRF secret) become the label of the request
+      that first received them, so "the same session again" and "a new session" still compare.
+    - The messages cookie is signed with a timestamp, so it is compared decoded.
+    - A cookie's expires= date is now + max-age (max-age itself is compared).
+    - Database ids and session keys are random or sequence-dependent: rows are compared by content, a session
+      by its data, a user id by its username.
+    - A Content-Security-Policy nonce is new on every response: each one the policy names becomes the label of
+      its request, in the header and the body alike, so a page whose nonce is not its policy's still differs.
+
+    Nothing else is: X-Request-ID is given by the client (as nginx gives it), and no view puts a token or key in
+    a body.
+    """
 
     def __init__(self, fixtures: dict[str, str]) -> None:
         self.names = {value: f"<{name} of the fixture>" for name, value in fixtures.items()}

@@ -1,17 +1,8 @@
 """The blueprint's handler against Django's own, pattern by pattern: any observable difference fails.
 
-Each row of differential_rows runs through django.core.handlers.asgi.ASGIHandler
-and through core.handlers.ASGIHandler, both built from the same settings,
-driven as a server drives them (differential_harness), against the real
-database. Compared: status, headers, body and how the answer was sent; the
-user code's events in order, with the threads they ran in as relations;
-which signals fired with which sender; log lines; warnings; the database
-rows; and, for the blueprint, a pool with every connection back.
-
-The one intended difference: stock Django leaves a pooled connection behind
-where the blueprint returns it: a client that leaves so that the server's
-send() raises (row client_leaves_before_the_answer), and a request_finished
-receiver of the user's that queries (request_finished_receiver_using_the_database).
+Each row of differential_rows runs through both handlers, built from the same settings and driven as a
+server drives them, against the real database. What is compared: docs/async-safety.md, "How it is shown
+to behave like Django"; the one intended difference (a connection stock Django loses), "Threads".
 """
 
 import difflib
@@ -65,5 +56,8 @@ def test_the_blueprint_does_what_stock_django_does(row: Row):
     found = differences(stock, blueprint)
     assert not found, "the blueprint differs from stock Django:\n" + "\n".join(found)
     kept = f"pooled connections not returned: blueprint {blueprint_kept}, stock Django {stock_kept}"
+    # The one intended difference: stock Django leaves a pooled connection behind where the blueprint returns it,
+    # for a client that leaves so that the server's send() raises (row client_leaves_before_the_answer) and a
+    # request_finished receiver of the user's that queries (request_finished_receiver_using_the_database).
     assert blueprint_kept == 0, kept
     assert stock_kept == row.stock_leaks, kept

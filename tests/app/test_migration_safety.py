@@ -1,18 +1,8 @@
 """Migrations the previous release can run beside: the check, on every migration of the project's apps.
 
-During a rolling deploy the migrate step runs first, then the old replicas keep
-serving until the new ones replace them: for a while the old code runs against
-the new schema. Some operations break it: a dropped or renamed column or table
-that its models still name, and a new NOT NULL column without a database
-default, which its INSERTs (that do not know the column) violate. Such a change
-takes two deploys, expand then contract (docs/operations.md, "Migrations").
-The contract step, deployed once no running release uses what it drops, says so
-with a class attribute on its Migration: ``contract = True``.
-
-What existed before a migration (a model, a field) is taken as the previous
-release's: the check cannot know where releases begin, so a change to
-something added by an earlier, not yet deployed migration is flagged too; mark
-it ``contract = True`` if you know better.
+A change the old code breaks on (a dropped or renamed column or table, a NOT NULL column without a
+database default) fails unless its Migration says ``contract = True``.
+See docs/operations.md, "Migrations that cannot take the site down".
 """
 
 from __future__ import annotations
