@@ -249,3 +249,26 @@ def test_the_escape_hatch_stops_the_container(adopted: ProjectStack):
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
     assert "core.E001" in output and "DJANGO_ALLOW_ASYNC_UNSAFE is set" in output, output[-3000:]
+
+
+def test_without_a_task_worker_it_serves_and_redeploys(adopted: ProjectStack):
+    """The guide's way to do without background tasks for now: its setting, then `up`, then `rollout.sh`."""
+    said = re.search(r"set\s+`(TASK_WORKER_REPLICAS)=(\d+)`\s+in\s+`\.env`", GUIDE.read_text())
+    assert said, "docs/adopt.md no longer says how to do without the task worker"
+    adopted.write_env({said.group(1): said.group(2)})
+    adopted.compose("up", "--detach", "--wait", "--wait-timeout", "180", timeout=600)
+    assert adopted.compose("ps", "--all", "--quiet", "worker").stdout.split() == [], "a worker container is left"
+    environment = {
+        **os.environ,
+        "COMPOSE_PROJECT_NAME": adopted.project,
+        "COMPOSE_FILE": str(adopted.root / "docker-compose.yml"),
+        "COMPOSE_ENV_FILES": str(adopted.env_file),
+    }
+    rollout = subprocess.run([str(adopted.root / "deploy" / "compose" / "rollout.sh")], cwd=adopted.root,
+                             env=environment, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert rollout.returncode == 0, rollout.stdout[-3000:] + rollout.stderr[-3000:]
+    assert "replaced 1 app container(s)" in rollout.stderr, rollout.stderr
+    assert adopted.compose("ps", "--all", "--quiet", "worker").stdout.split() == []
+    assert adopted.get("/readyz").text().strip() == "ready"
+    response = adopted.get("/notes/")
+    assert response.status == 200 and NOTE in response.text().splitlines(), response.text()

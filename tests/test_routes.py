@@ -13,7 +13,7 @@ import secrets
 
 import pytest
 
-from harness.stack import Stack
+from harness.stack import ROOT, Stack
 
 
 @pytest.fixture(params=["blueprint", "stock"])
@@ -155,6 +155,26 @@ def test_app_alone_serves_static_files(stack: Stack):
     )
     out = stack.exec("app", "python", "-c", code).stdout
     assert out.startswith("200 text/css") and "immutable" in out, out
+
+
+def test_settings_the_dockerfile_and_nginx_name_one_static_root():
+    """The rule check core.E004 states: collectstatic writes STATIC_ROOT, both images copy it, nginx serves it."""
+    settings = (ROOT / "app" / "config" / "settings.py").read_text()
+    url = re.search(r'^STATIC_URL = "([^"]+)"$', settings, re.M).group(1)
+    root = re.search(r'^STATIC_ROOT = env\("DJANGO_STATIC_ROOT", default="([^"]+)"\)$', settings, re.M).group(1)
+    stages = re.split(r"^FROM \S+ AS (\S+)$", (ROOT / "Dockerfile").read_text(), flags=re.M)
+    copies = {
+        stage: re.findall(r"^COPY --from=build (\S+) (\S+)$", body, re.M)
+        for stage, body in zip(stages[1::2], stages[2::2], strict=True)
+    }
+    for stage in ("app", "nginx"):
+        assert (root, root) in copies[stage], f"the Dockerfile's {stage} stage copies no {root}: {copies[stage]}"
+    static = [(src, dst) for pairs in copies.values() for src, dst in pairs if "static" in src + dst]
+    assert set(static) == {(root, root)}, static
+    site = (ROOT / "nginx" / "site" / "app.conf").read_text()
+    location = re.search(rf"^location {re.escape(url)} \{{(.*?)^\}}", site, re.M | re.S)
+    assert location, f"nginx/site/app.conf has no location {url}"
+    assert re.search(rf"^\s*alias\s+{re.escape(root)}/;$", location.group(1), re.M), location.group(0)
 
 
 def test_client_cannot_spoof_forwarded_headers(stack: Stack):

@@ -306,6 +306,8 @@ else:
 # --- Static files: hashed and compressed at build time ---------------------------
 # nginx serves /static/ from the files baked into its image; without nginx the
 # app serves them itself (core.middleware.StaticFilesMiddleware, WhiteNoise).
+# STATIC_ROOT is also named by the Dockerfile and nginx: check core.E004 says
+# where that rule is kept.
 STATIC_URL = "/static/"
 STATIC_ROOT = env("DJANGO_STATIC_ROOT", default="/srv/static")
 STORAGES = {

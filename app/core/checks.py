@@ -19,6 +19,8 @@ from core import sizing
 
 # The tag of the checks that ask the database: core.startup runs them at start.
 SIZING = "sizing"
+# The tag of the deploy check that the image's static files are where STATIC_ROOT says: core.startup runs it.
+COLLECTED_STATIC = "collected_static"
 
 
 @checks.register(checks.Tags.async_support)
@@ -60,6 +62,32 @@ def secret_key_given(app_configs: Sequence[AppConfig] | None, **kwargs: object) 
             hint="Set DJANGO_SECRET_KEY, or DJANGO_SECRET_KEY_FILE with the path of a file holding it. "
             'Make one with: python -c "import secrets; print(secrets.token_urlsafe(50))"',
             id="core.E002",
+        )
+    ]
+
+
+@checks.register(checks.Tags.staticfiles, COLLECTED_STATIC, deploy=True)
+def static_files_collected(app_configs: Sequence[AppConfig] | None, **kwargs: object) -> list[checks.CheckMessage]:
+    """Outside DEBUG, STATIC_ROOT holds collectstatic's manifest (core.E004), or every page naming a file fails.
+
+    This is where the static root's rule is kept: the image's build runs collectstatic into STATIC_ROOT's
+    default (Dockerfile), nginx serves /static/ from its copy of that folder (nginx/site/app.conf), and
+    tests/test_manifests.py checks that the three name one path. A deploy check: collectstatic, which
+    writes the manifest, runs the others first; core.startup runs this one before a worker serves.
+    """
+    from django.contrib.staticfiles.storage import ManifestFilesMixin, staticfiles_storage
+
+    if settings.DEBUG or not isinstance(staticfiles_storage, ManifestFilesMixin):  # LazyObject passes isinstance on
+        return []
+    if staticfiles_storage.exists(staticfiles_storage.manifest_name):
+        return []
+    return [
+        checks.Error(
+            f"STATIC_ROOT ({settings.STATIC_ROOT}) holds no {staticfiles_storage.manifest_name}: collectstatic "
+            "has not written there, so every page that names a static file would fail.",
+            hint="The image collects them into /srv/static at build time (Dockerfile) and nginx serves that "
+            "folder: set DJANGO_STATIC_ROOT only together with both, or run collectstatic.",
+            id="core.E004",
         )
     ]
 

@@ -1,16 +1,7 @@
 """Prometheus metrics: requests and latency per route, the work in flight, and the database pool.
 
-Each gunicorn worker writes its numbers to files in PROMETHEUS_MULTIPROC_DIR
-(set by deploy/gunicorn/gunicorn.conf.py), and whichever worker answers a
-scrape adds them all up, so the totals are right however many workers there
-are. The metrics are served on METRICS_PORT (9100), a second port gunicorn
-binds and nginx never proxies; on the public port, /metrics is a 404.
-Without PROMETHEUS_MULTIPROC_DIR (one process, e.g. uvicorn alone) the
-numbers are the process's own.
-
-The requests and streams a worker holds are gauges per worker (a `pid`
-label): an async worker with thousands of them waiting barely uses CPU, so
-these, not CPU, tell an autoscaler it needs help (deploy/k8s/components/keda).
+Every gunicorn worker's numbers, added up by whichever worker answers a scrape on METRICS_PORT, which
+nginx never proxies. See docs/observability.md, "Metrics".
 https://prometheus.github.io/client_python/multiprocess/
 """
 
@@ -19,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 from asgiref.sync import sync_to_async
+from django.apps import apps
 from django.conf import settings
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, StreamingHttpResponse
@@ -30,7 +22,6 @@ from prometheus_client.registry import Collector
 
 from core import probes
 from core.middleware import AsyncMiddleware
-from worker.metrics import QueueCollector
 
 REQUESTS = Counter("app_requests_total", "HTTP requests answered, by route", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -45,10 +36,11 @@ POOL_IDLE = Gauge("app_db_pool_idle_connections", "Pooled connections not in use
 POOL_WAITING = Gauge("app_db_pool_requests_waiting", "Requests waiting for a connection", multiprocess_mode="livesum")
 POOL_REFRESH_SECONDS = 1.0
 # One series per live worker ("liveall": a worker's series goes when it exits).
-# A request counts until its view has returned the response, as
-# RequestLimitMiddleware counts it (a long-poll while it waits, a stream while
-# the view builds it); a streaming response counts as a stream from its first
-# chunk until it ends, the client leaves or the worker stops.
+# Requests in flight are the count RequestLimitMiddleware bounds, set by it: a
+# request counts until its view has returned the response (a long-poll while it
+# waits, a stream while the view builds it); probes, static files and requests
+# turned away never count. A streaming response counts as a stream from its
+# first chunk until it ends, the client leaves or the worker stops.
 REQUESTS_IN_FLIGHT = Gauge(
     "app_requests_in_flight",
     "Requests this worker has received and not yet begun to answer",
@@ -70,13 +62,16 @@ def route_of(request: HttpRequest) -> str:
 
 
 def render() -> bytes:
-    """Every worker's numbers, and the task queue's (worker.metrics: read from Postgres now)."""
+    """Every worker's numbers, and the task queue's when the task worker is installed (read from Postgres now)."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         prometheus_multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(_ProcessOwn())
-    registry.register(QueueCollector())
+    if apps.is_installed("worker"):  # a project may do without tasks (docs/adopt.md)
+        from worker.metrics import QueueCollector
+
+        registry.register(QueueCollector())
     return generate_latest(registry)
 
 
@@ -102,11 +97,7 @@ class MetricsMiddleware(AsyncMiddleware):
             body = await sync_to_async(render, thread_sensitive=False)()  # reads the workers' files
             return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
         started = time.perf_counter()
-        REQUESTS_IN_FLIGHT.inc()
-        try:
-            response = await self.get_response(request)
-        finally:
-            REQUESTS_IN_FLIGHT.dec()
+        response = await self.get_response(request)
         if response.streaming:
             count_stream(response)
         route = route_of(request)
@@ -135,7 +126,7 @@ def count_stream(response: StreamingHttpResponse) -> None:
     Counted from the first chunk: a stream never started (its client left first)
     is never counted, so it needs no uncounting. The `finally` runs when the
     stream ends, fails, or is closed or cancelled (a client gone, a worker
-    stopping). One generator step per chunk: a fraction of a microsecond.
+    stopping). It costs one more generator step per chunk.
     """
     content = response.streaming_content
     response.streaming_content = _counted_async(content) if response.is_async else _counted_sync(content)

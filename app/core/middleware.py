@@ -1,18 +1,8 @@
 """Async-native middleware of the blueprint's own: none of these costs a thread on the request path.
 
-- HealthCheckMiddleware answers the probes first, before host validation, so a
-  kubelet or load balancer probing by IP address is not refused (DisallowedHost).
-- StaticFilesMiddleware is WhiteNoise for when no nginx is in front (a container
-  host). WhiteNoiseMiddleware itself is sync-only: in the ASGI middleware chain
-  Django would adapt it, moving every request through a thread.
-- RequestLimitMiddleware turns a request away with a quick 503 when this
-  worker already holds WORKER_MAX_REQUESTS_IN_FLIGHT of them.
-- DatabaseUnavailableMiddleware turns a database that is down, or a pool with
-  no free connection (or too many requests already waiting for one), into a
-  quick 503 with Retry-After instead of a 500 page.
-
-Django's own middleware keeps its paths in MIDDLEWARE and runs as core/dropins.py's
-subclasses. https://docs.djangoproject.com/en/6.1/topics/http/middleware/#asynchronous-support
+Request ids, the probes before the host check, load shedding, quick 503s while the database is away,
+static files without nginx; Django's own middleware runs as core/dropins.py's subclasses. See
+docs/async-safety.md, "Keeping it that way", and docs/operations.md, "Database timeouts and load shedding".
 """
 
 import logging
@@ -100,18 +90,23 @@ class RequestLimitMiddleware(AsyncMiddleware):
     """
 
     def __init__(self, get_response: GetResponse) -> None:
+        from core.metrics import REQUESTS_IN_FLIGHT  # core.metrics imports this module
+
         super().__init__(get_response)
         self.limit = settings.WORKER_MAX_REQUESTS_IN_FLIGHT  # 0: no bound
         self.in_flight = 0
+        self.exported = REQUESTS_IN_FLIGHT  # the same count, for autoscalers (app_requests_in_flight)
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         if self.limit and self.in_flight >= self.limit:
             return unavailable("server busy, try again shortly")
         self.in_flight += 1
+        self.exported.inc()
         try:
             return await self.get_response(request)
         finally:
             self.in_flight -= 1
+            self.exported.dec()
 
 
 class DatabaseUnavailableMiddleware(AsyncMiddleware):

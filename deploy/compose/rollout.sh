@@ -86,5 +86,9 @@ for id in "${old[@]}"; do
     docker compose exec -T nginx app-upstream undrain "${addresses[@]}"
 done
 log "replaced ${replicas} app container(s)"
-log "replacing the task worker"
-docker compose up --detach --no-deps --wait --wait-timeout "$health_timeout" worker
+# A project without background tasks has no worker service, or scales it to
+# TASK_WORKER_REPLICAS=0 (docs/adopt.md), which `up` keeps at none.
+if docker compose config --services | grep -qx worker; then
+    log "replacing the task worker(s)"
+    docker compose up --detach --no-deps --wait --wait-timeout "$health_timeout" worker
+fi

@@ -55,3 +55,13 @@ def test_missing_secret_key_is_an_error():
 
 def test_secret_key_present():
     assert checks.secret_key_given(None) == []
+
+
+def test_static_files_collected_where_static_root_says(tmp_path):
+    assert checks.static_files_collected(None) == []  # the image's own, collected at build time
+    with override_settings(STATIC_ROOT=str(tmp_path)):
+        assert ids(checks.static_files_collected(None)) == ["core.E004"]
+        with pytest.raises(ImproperlyConfigured, match=r"core\.E004"):
+            refuse_to_start_on_check_errors()
+    with override_settings(STATIC_ROOT=str(tmp_path), DEBUG=True):
+        assert checks.static_files_collected(None) == [], "DEBUG names files without the manifest"

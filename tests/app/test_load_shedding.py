@@ -7,13 +7,21 @@ from django.conf import settings
 from django.db import OperationalError, connection
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.test import RequestFactory, override_settings
+from prometheus_client import REGISTRY
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 
 from core.dbpool import forget_timed_out_waiters
 from core.middleware import DatabaseUnavailableMiddleware, RequestLimitMiddleware
 
 
+def exported() -> float:
+    """This process's app_requests_in_flight: the count RequestLimitMiddleware keeps, as metrics serve it."""
+    return REGISTRY.get_sample_value("app_requests_in_flight")
+
+
 def test_requests_past_the_bound_get_a_quick_503_with_retry_after(call_async):
+    counted = []
+
     async def scenario() -> tuple[list[HttpResponse], list[HttpResponse], int]:
         release = asyncio.Event()
 
@@ -23,17 +31,22 @@ def test_requests_past_the_bound_get_a_quick_503_with_retry_after(call_async):
 
         with override_settings(WORKER_MAX_REQUESTS_IN_FLIGHT=3):
             middleware = RequestLimitMiddleware(slow_view)
+        counted.append(exported())
         held = [asyncio.create_task(middleware(RequestFactory().get("/async/"))) for _ in range(3)]
         await asyncio.sleep(0.05)
         # The bound is reached: these are answered while the others are still held.
         turned_away = await asyncio.wait_for(
             asyncio.gather(*(middleware(RequestFactory().get("/async/")) for _ in range(2))), timeout=1
         )
+        counted.append(exported())
         release.set()
         served = await asyncio.gather(*held)
+        counted.append(exported())
         return turned_away, served, middleware.in_flight
 
     turned_away, served, in_flight = call_async(scenario)
+    before, during, after = counted
+    assert (during, after) == (before + 3, before), "the metric is the bound's own count: the held, not the turned away"
     assert [r.status_code for r in turned_away] == [503, 503]
     assert all(r["Retry-After"] == "1" for r in turned_away)
     assert [r.status_code for r in served] == [200, 200, 200]

@@ -227,3 +227,14 @@ def test_under_gunicorn_the_work_in_flight_is_reported_per_worker(tmp_path: Path
     pid = re.search(r"^PID (\d+)$", run.stdout, re.M).group(1)
     assert f'app_requests_in_flight{{pid="{pid}"}} 3.0' in run.stdout, run.stdout
     assert f'app_streams_open{{pid="{pid}"}} 1.0' in run.stdout, run.stdout
+
+
+def test_without_the_task_worker_installed_there_are_no_queue_metrics_to_read():
+    # docs/adopt.md: a project may leave out the task apps; /metrics then never asks for the queue's table.
+    from django.conf import settings
+
+    without = [app for app in settings.INSTALLED_APPS if app not in ("worker", "django_tasks_db")]
+    with override_settings(INSTALLED_APPS=without):
+        text = metrics.render().decode()
+    assert "# TYPE app_requests_in_flight gauge" in text
+    assert "# TYPE app_tasks gauge" not in text and "app_task_oldest_ready_seconds" not in text
