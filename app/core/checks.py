@@ -72,7 +72,7 @@ def static_files_collected(app_configs: Sequence[AppConfig] | None, **kwargs: ob
 
     This is where the static root's rule is kept: the image's build runs collectstatic into STATIC_ROOT's
     default (Dockerfile), nginx serves /static/ from its copy of that folder (nginx/site/app.conf), and
-    tests/test_manifests.py checks that the three name one path. A deploy check: collectstatic, which
+    tests/test_routes.py checks that the three name one path. A deploy check: collectstatic, which
     writes the manifest, runs the others first; core.startup runs this one before a worker serves.
     """
     from django.contrib.staticfiles.storage import ManifestFilesMixin, staticfiles_storage

@@ -36,7 +36,7 @@ POOL_IDLE = Gauge("app_db_pool_idle_connections", "Pooled connections not in use
 POOL_WAITING = Gauge("app_db_pool_requests_waiting", "Requests waiting for a connection", multiprocess_mode="livesum")
 POOL_REFRESH_SECONDS = 1.0
 # One series per live worker ("liveall": a worker's series goes when it exits).
-# Requests in flight are the count RequestLimitMiddleware bounds, set by it: a
+# Requests in flight are the count RequestLimitMiddleware bounds, kept by it: a
 # request counts until its view has returned the response (a long-poll while it
 # waits, a stream while the view builds it); probes, static files and requests
 # turned away never count. A streaming response counts as a stream from its
