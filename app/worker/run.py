@@ -59,11 +59,22 @@ class Worker(db_worker.Worker):
         signal.signal(signal.SIGUSR1, self.interrupt)
 
     def shutdown(self, signum: int, frame: FrameType | None) -> None:
-        if self.running and self.running_task:
-            grace = max(settings.TASK_WORKER_GRACE - GRACE_MARGIN, 0.0)
-            self.deadline = time.monotonic() + grace
+        """The first SIGTERM only ends the loop; db_worker's raises SystemExit when no task runs.
+
+        Raised from a signal handler, that exit lands wherever the main thread is: inside the query that
+        claims the next task, or the connection pool's bookkeeping. Here the loop ends after its current
+        turn instead (a claimed task still runs, within the grace), at most TASK_WORKER_INTERVAL later when idle.
+        """
+        if not self.running:  # a second signal: db_worker's forced stop
+            super().shutdown(signum, frame)
+            return
+        grace = max(settings.TASK_WORKER_GRACE - GRACE_MARGIN, 0.0)
+        self.deadline = time.monotonic() + grace
+        self.running = False
+        if self.running_task:
             logger.warning("stopping: task %s has %.0f s to finish, or goes back in the queue", self.task_id, grace)
-        super().shutdown(signum, frame)
+        else:
+            logger.warning("stopping: no task running, so the worker exits when its current poll ends")
 
     def interrupt(self, signum: int, frame: FrameType | None) -> None:
         """SIGUSR1, sent by the keeper at the deadline: raised inside the task, recorded, then requeued by run_task."""

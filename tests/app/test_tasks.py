@@ -185,7 +185,7 @@ def test_two_workers_never_run_the_same_task():
     claims = [row(task_id).worker_ids for task_id in ids]
     assert all(len(ids_) == 1 for ids_ in claims), outputs  # claimed once each
     assert len({ids_[0] for ids_ in claims}) == 2  # and both workers took some
-    assert all(process.returncode == 0 for process in workers)
+    assert [process.returncode for process in workers] == [0, 0], outputs
 
 
 def test_sigterm_lets_the_running_task_finish_and_starts_no_other():
@@ -202,6 +202,40 @@ def test_sigterm_lets_the_running_task_finish_and_starts_no_other():
     assert process.returncode == 0, output
     assert row(running).status == TaskResultStatus.SUCCESSFUL
     assert row(waiting).status == TaskResultStatus.READY  # left for the next worker
+
+
+def test_sigterm_while_the_worker_polls_stops_it_cleanly_and_what_it_claimed_still_runs():
+    """A stop that lands inside the query claiming the next task: exit status 0, and the task it claims runs."""
+    # A statement timeout longer than the test holds its lock: the claim must still be waiting at the stop.
+    process = worker_process(BOOK_SUMMARY_DELAY="0", DB_STATEMENT_TIMEOUT="60")
+    # The worker's two connections waiting for the lock this test holds: its keeper's reaper, which looks at
+    # start, and the claim of its first poll (pg_stat_activity's query text is cut short: too long to tell).
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE %s "
+        "AND wait_event_type = 'Lock'"
+    )
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"LOCK TABLE {DBTaskResult._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+            book = Book.objects.create(title="claimed while stopping")
+            task_id = summarize_book.enqueue(book.id).id
+
+            def blocked() -> bool:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_stat_clear_snapshot()")  # else one snapshot per transaction
+                    cursor.execute(waiting, [identity.PREFIX + "%"])
+                    return cursor.fetchone()[0] == 2
+
+            wait_for(blocked, 60)  # the worker has started, and its first poll waits for this transaction
+            process.send_signal(signal.SIGTERM)
+            time.sleep(1)  # the worker handles the signal while its query still waits
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert "stopping: no task running" in output, output
+    assert row(task_id).status == TaskResultStatus.SUCCESSFUL, output
 
 
 def test_a_task_that_outlasts_the_grace_period_is_interrupted_and_requeued():
