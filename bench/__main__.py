@@ -155,7 +155,7 @@ class Bench:
         # BENCH_PROJECT and BENCH_EDGE_SUBNET: two runs side by side on one Docker engine.
         self.stack = Stack(
             project=os.environ.get("BENCH_PROJECT", "async-django-bench"),
-            edge_subnet=os.environ.get("BENCH_EDGE_SUBNET", "172.30.89.0/24"),
+            edge_subnet=os.environ.get("BENCH_EDGE_SUBNET", "10.130.89.0/24"),
             extra_files=[ROOT / "bench" / "compose.bench.yml"],
         )
         self.url = f"http://127.0.0.1:{self.stack.port}"

@@ -77,9 +77,11 @@ def exchange(
 class Stack:
     """One compose project: its own name, port, env file and volumes."""
 
-    # Both can be changed so that two runs can share one Docker engine.
+    # Both can be changed so that two runs can share one Docker engine. The edge ranges of the test and
+    # bench stacks are in 10.0.0.0/8, where Docker never places a network of its own choosing (such as
+    # each stack's internal `data` network), so a stack's fixed range can never find its place taken.
     project: str = field(default_factory=lambda: os.environ.get("STACK_PROJECT", "async-django-test"))
-    edge_subnet: str = field(default_factory=lambda: os.environ.get("STACK_EDGE_SUBNET", "172.30.81.0/24"))
+    edge_subnet: str = field(default_factory=lambda: os.environ.get("STACK_EDGE_SUBNET", "10.130.81.0/24"))
     port: int = field(default_factory=free_port)
     api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     # More compose files on top of docker-compose.yml (the benchmark's, say).

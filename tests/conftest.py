@@ -30,7 +30,7 @@ def stacks(request: pytest.FixtureRequest) -> Iterator[dict[str, Stack]]:
         pytest.fail("docker is not on PATH: the test command needs Docker with compose v2")
     running = {"blueprint": Stack()}
     if request.config.stash.get(WANTS_STOCK, False):
-        # 32 /24s above the session stack's range (172.30.81.0/24 -> 172.30.113.0/24).
+        # 32 /24s above the session stack's range (10.130.81.0/24 -> 10.130.113.0/24).
         running["stock"] = running["blueprint"].sibling("stock", 32, {"DJANGO_STOCK_HANDLER": "true"})
     # A run that was interrupted may have left its stacks behind.
     for each in running.values():

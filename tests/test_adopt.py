@@ -269,6 +269,16 @@ def test_without_a_task_worker_it_serves_and_redeploys(adopted: ProjectStack):
     assert rollout.returncode == 0, rollout.stdout[-3000:] + rollout.stderr[-3000:]
     assert "replaced 1 app container(s)" in rollout.stderr, rollout.stderr
     assert adopted.compose("ps", "--all", "--quiet", "worker").stdout.split() == []
+    # And with the worker service deleted from the compose file, as the guide's way to go further says.
+    compose_file = adopted.root / "docker-compose.yml"
+    text, deleted = re.subn(r"^  worker:\n(?:(?:    .*)?\n)*", "", compose_file.read_text(), count=1, flags=re.M)
+    assert deleted == 1
+    compose_file.write_text(text)
+    assert "worker" not in adopted.compose("config", "--services").stdout.split()
+    rollout = subprocess.run([str(adopted.root / "deploy" / "compose" / "rollout.sh")], cwd=adopted.root,
+                             env=environment, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert rollout.returncode == 0, rollout.stdout[-3000:] + rollout.stderr[-3000:]
+    assert "task worker" not in rollout.stderr, rollout.stderr
     assert adopted.get("/readyz").text().strip() == "ready"
     response = adopted.get("/notes/")
     assert response.status == 200 and NOTE in response.text().splitlines(), response.text()

@@ -15,7 +15,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory):
     source = tmp_path_factory.mktemp("dev") / "app"
     shutil.copytree(ROOT / "app", source, ignore=shutil.ignore_patterns("__pycache__"))
     source.chmod(0o755)
-    stack = Stack(project="async-django-dev-test", edge_subnet="172.30.83.0/24",
+    stack = Stack(project="async-django-dev-test", edge_subnet="10.130.83.0/24",
                   extra_files=[ROOT / "deploy" / "compose" / "dev.yml"])  # fmt: skip
     stack.write_env({"DEV_APP_DIR": str(source), "DEV_APP_PORT": "0"})
     stack.compose("down", "--volumes", "--remove-orphans", check=False)

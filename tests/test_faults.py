@@ -346,7 +346,7 @@ def test_memory_limit(stack: Stack):
 @pytest.fixture(scope="module")
 def replicas(stack: Stack) -> Iterator[Stack]:
     """Two app replicas, with its own project name, port, network range and volumes."""
-    # 64 /24s above the session stack's range (172.30.81.0/24 -> 172.30.145.0/24).
+    # 64 /24s above the session stack's range (10.130.81.0/24 -> 10.130.145.0/24).
     with stack.sibling("replicas", 64, {"APP_REPLICAS": "2"}).running() as second:
         yield second
 

@@ -112,8 +112,7 @@ def sample(metrics: str, name: str, **labels: str) -> float | None:
 
 @pytest.fixture(scope="module")
 def tasks_stack(stack: Stack) -> Iterator[Stack]:
-    # Offset 16: its /24 stays in 172.30.0.0/16 beside the others' (harness/stack.py), clear of the
-    # 172.31.0.0/16 Docker may give a network of its own choosing (the internal `data` ones).
+    # Offset 16: a /24 of its own beside the others' (harness/stack.py).
     with stack.sibling("tasks", 16, BASE_ENV).running() as sibling:
         yield sibling
 
