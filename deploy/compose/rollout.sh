@@ -88,7 +88,8 @@ done
 log "replaced ${replicas} app container(s)"
 # A project without background tasks has no worker service, or scales it to
 # TASK_WORKER_REPLICAS=0 (docs/adopt.md), which `up` keeps at none.
-if docker compose config --services | grep -qx worker; then
+services=$(docker compose config --services)
+if grep -qx worker <<<"$services"; then
     log "replacing the task worker(s)"
     docker compose up --detach --no-deps --wait --wait-timeout "$health_timeout" worker
 fi
