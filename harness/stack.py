@@ -149,6 +149,28 @@ class Stack:
             )
         return result
 
+    @property
+    def compose_file(self) -> Path:
+        """The compose file the documented commands and scripts use, in the project's own directory."""
+        return ROOT / "docker-compose.yml"
+
+    def run_script(self, *command: str, extra_files: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+        """A command as a user types it beside the compose file: a script of the project's, or docker.
+
+        It reaches this stack through compose's own variables, as a user's .env would.
+        """
+        root = self.compose_file.parent
+        environment = {
+            **os.environ,
+            "COMPOSE_PROJECT_NAME": self.project,
+            "COMPOSE_FILE": os.pathsep.join(map(str, [self.compose_file, *extra_files])),
+            "COMPOSE_ENV_FILES": str(self.env_file),
+        }
+        program = command[0] if command[0] == "docker" else str(root / command[0])
+        return subprocess.run(
+            [program, *command[1:]], cwd=root, env=environment, capture_output=True, text=True, timeout=600
+        )
+
     def up(self) -> None:
         self.compose("up", "--detach", "--wait", "--wait-timeout", "180")
 

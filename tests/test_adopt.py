@@ -106,9 +106,13 @@ class ProjectStack(Stack):
 
     root: Path = field(default_factory=Path)
 
+    @property
+    def compose_file(self) -> Path:
+        return self.root / "docker-compose.yml"
+
     def compose_args(self, *args: str, with_tests: bool = False) -> list[str]:
         return ["docker", "compose", "-p", self.project, "--project-directory", str(self.root),
-                "--env-file", str(self.env_file), "-f", str(self.root / "docker-compose.yml"), *args]  # fmt: skip
+                "--env-file", str(self.env_file), "-f", str(self.compose_file), *args]  # fmt: skip
 
 
 def in_image(image: str, project: Path, entrypoint: str, *args: str) -> None:
@@ -258,25 +262,17 @@ def test_without_a_task_worker_it_serves_and_redeploys(adopted: ProjectStack):
     adopted.write_env({said.group(1): said.group(2)})
     adopted.compose("up", "--detach", "--wait", "--wait-timeout", "180", timeout=600)
     assert adopted.compose("ps", "--all", "--quiet", "worker").stdout.split() == [], "a worker container is left"
-    environment = {
-        **os.environ,
-        "COMPOSE_PROJECT_NAME": adopted.project,
-        "COMPOSE_FILE": str(adopted.root / "docker-compose.yml"),
-        "COMPOSE_ENV_FILES": str(adopted.env_file),
-    }
-    rollout = subprocess.run([str(adopted.root / "deploy" / "compose" / "rollout.sh")], cwd=adopted.root,
-                             env=environment, capture_output=True, text=True, timeout=600)  # fmt: skip
+    rollout = adopted.run_script("deploy/compose/rollout.sh")
     assert rollout.returncode == 0, rollout.stdout[-3000:] + rollout.stderr[-3000:]
     assert "replaced 1 app container(s)" in rollout.stderr, rollout.stderr
     assert adopted.compose("ps", "--all", "--quiet", "worker").stdout.split() == []
     # And with the worker service deleted from the compose file, as the guide's way to go further says.
-    compose_file = adopted.root / "docker-compose.yml"
-    text, deleted = re.subn(r"^  worker:\n(?:(?:    .*)?\n)*", "", compose_file.read_text(), count=1, flags=re.M)
+    worker_service = re.compile(r"^  worker:\n(?:(?:    .*)?\n)*", re.M)
+    text, deleted = worker_service.subn("", adopted.compose_file.read_text(), count=1)
     assert deleted == 1
-    compose_file.write_text(text)
+    adopted.compose_file.write_text(text)
     assert "worker" not in adopted.compose("config", "--services").stdout.split()
-    rollout = subprocess.run([str(adopted.root / "deploy" / "compose" / "rollout.sh")], cwd=adopted.root,
-                             env=environment, capture_output=True, text=True, timeout=600)  # fmt: skip
+    rollout = adopted.run_script("deploy/compose/rollout.sh")
     assert rollout.returncode == 0, rollout.stdout[-3000:] + rollout.stderr[-3000:]
     assert "task worker" not in rollout.stderr, rollout.stderr
     assert adopted.get("/readyz").text().strip() == "ready"

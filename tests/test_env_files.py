@@ -9,7 +9,9 @@ tests start with --env-file and a file not called .env.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def prod_env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         for name in read_by_the_image()
         if name not in secret and f"${{{name}:" not in compose
     }
-    values |= {"EDGE_SUBNET": "172.30.99.0/24"}
+    values |= {"EDGE_SUBNET": "172.16.99.0/24"}
     secret_dir = tmp_path / "secrets"
     secret_dir.mkdir(mode=0o700)
     for name in secret:
@@ -102,8 +104,36 @@ def test_without_a_settings_file_nothing_is_set_but_the_wiring(tmp_path):
         "DJANGO_SECRET_KEY_FILE": "/srv/secrets/django_secret_key",
         "POSTGRES_PASSWORD_FILE": "/srv/secrets/postgres_password",
         "API_TOKEN_FILE": "/srv/secrets/api_token",
-        "FORWARDED_ALLOW_IPS": "172.30.80.0/24",
+        "FORWARDED_ALLOW_IPS": "172.16.80.0/24",
     }
+
+
+# The ranges Docker takes a network's from when none is given (daemon.json's
+# default-address-pools unset): moby's libnetwork/ipamutils, local scope.
+DOCKER_DEFAULT_POOLS = [ipaddress.ip_network(f"172.{n}.0.0/16") for n in range(17, 32)] + [
+    ipaddress.ip_network("192.168.0.0/16")
+]
+
+
+def test_the_edge_range_is_one_docker_never_picks_by_itself(tmp_path):
+    """EDGE_SUBNET's default, and the guide's for a second stack, lie outside Docker's default pools.
+
+    Compose creates the stack's networks in no fixed order: inside a pool, the
+    `data` network (or any network made without a range) could take the /16
+    holding the edge range first, and `up` would fail with "Pool overlaps".
+    """
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    compose_default = rendered(empty)["networks"]["edge"]["ipam"]["config"][0]["subnet"]
+    example = dict(re.findall(r"^(EDGE_SUBNET|NGINX_TRUSTED_PROXY)=(.+)$", (ROOT / ".env.example").read_text(), re.M))
+    second = re.findall(r"^EDGE_SUBNET=(.+)$", (ROOT / "docs" / "adopt.md").read_text(), re.M)
+    assert compose_default == example["EDGE_SUBNET"] and len(second) == 1
+    edge, other = ipaddress.ip_network(compose_default), ipaddress.ip_network(second[0])
+    for subnet in (edge, other):
+        assert not [pool for pool in DOCKER_DEFAULT_POOLS if subnet.overlaps(pool)], subnet
+    assert not edge.overlaps(other)
+    # A TLS proxy on the host reaches nginx from the edge network's gateway: its first address.
+    assert ipaddress.ip_address(example["NGINX_TRUSTED_PROXY"]) == edge.network_address + 1
 
 
 def test_the_running_stack_got_its_settings_file(stack: Stack):

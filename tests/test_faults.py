@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import subprocess
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.stack import ROOT, Stack
+from harness.stack import Stack
 from tests import load
 from tests.test_upstream import proxied
 
@@ -351,29 +350,6 @@ def replicas(stack: Stack) -> Iterator[Stack]:
         yield second
 
 
-def compose_environment(stack: Stack, *extra_files: Path) -> dict[str, str]:
-    """What the documented scripts need to reach this stack: compose's own variables."""
-    return {
-        **os.environ,
-        "COMPOSE_PROJECT_NAME": stack.project,
-        "COMPOSE_FILE": os.pathsep.join(map(str, [ROOT / "docker-compose.yml", *extra_files])),
-        "COMPOSE_ENV_FILES": str(stack.env_file),
-    }
-
-
-def run_script(stack: Stack, *command: str, extra_files: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """A command as a user types it where docker-compose.yml is: a script of the project's, or docker."""
-    program = command[0] if command[0] == "docker" else str(ROOT / command[0])
-    return subprocess.run(
-        [program, *command[1:]],
-        cwd=ROOT,
-        env=compose_environment(stack, *extra_files),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def new_version(stack: Stack, version: str) -> Path:
     """A compose file that makes the next build of the app a new image, as after a `git pull`: a label of its own."""
     release = stack.directory / f"release-{version}.yml"
@@ -393,7 +369,7 @@ def test_redeploy_one_replica_at_a_time_loses_no_request(replicas: Stack):
     worker = replicas.container_id("worker")
     # A new version, built with the documented `docker compose build`.
     release = new_version(replicas, "redeploy")
-    build = run_script(replicas, "docker", "compose", "build", "--quiet", extra_files=(release,))
+    build = replicas.run_script("docker", "compose", "build", "--quiet", extra_files=(release,))
     assert build.returncode == 0, build.stderr[-3000:]
     mix = [
         load.get("/now/"),
@@ -404,7 +380,7 @@ def test_redeploy_one_replica_at_a_time_loses_no_request(replicas: Stack):
     ]
     with load.Load(replicas.port, mix, threads=6, pause=0.02, max_seconds=300) as traffic:
         time.sleep(2)
-        rollout = run_script(replicas, "deploy/compose/rollout.sh", extra_files=(release,))
+        rollout = replicas.run_script("deploy/compose/rollout.sh", extra_files=(release,))
         time.sleep(3)
     results = traffic.results
     after = set(replicas.compose("ps", "-q", "app").stdout.split())
@@ -439,7 +415,7 @@ def test_up_with_a_new_version_keeps_the_database(replicas: Stack):
     kept = {service: replicas.container_id(service) for service in ("db", "secrets")}
     db_started = docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"])
     release = new_version(replicas, "up")
-    up = run_script(replicas, "docker", "compose", "up", "--detach", "--build", "--wait", extra_files=(release,))
+    up = replicas.run_script("docker", "compose", "up", "--detach", "--build", "--wait", extra_files=(release,))
     assert up.returncode == 0, up.stderr[-3000:]
     for service in ("app", "worker", "migrate"):
         for container in replicas.compose("ps", "-a", "-q", service).stdout.split():
@@ -492,14 +468,14 @@ def test_backup_and_restore_round_trip(replicas: Stack, tmp_path: Path):
         assert replicas.post_json("/books/", {"title": title}, token=replicas.api_token).status == 201
     backed_up = book_ids(replicas)
     dump = tmp_path / "app.dump"
-    backup = run_script(replicas, "deploy/db/backup.sh", str(dump))
+    backup = replicas.run_script("deploy/db/backup.sh", str(dump))
     assert backup.returncode == 0 and dump.stat().st_size > 0, backup.stderr
 
     later = replicas.post_json("/books/", {"title": "written after the backup"}, token=replicas.api_token)
     assert later.status == 201
     # The documented restore: stop the app, restore, start it again.
     replicas.compose("stop", "app")
-    restore = run_script(replicas, "deploy/db/restore.sh", str(dump))
+    restore = replicas.run_script("deploy/db/restore.sh", str(dump))
     assert restore.returncode == 0, restore.stderr
     replicas.up()
     assert book_ids(replicas) == backed_up

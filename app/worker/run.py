@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from django.conf import settings
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 from django_tasks_db.management.commands import db_worker
 from django_tasks_db.models import DBTaskResult
 
@@ -29,6 +29,9 @@ logger = logging.getLogger("worker")
 HEARTBEAT = Path("/tmp/task-worker.json")  # noqa: S108 (the container's own tmpfs; the healthcheck reads it)
 BEAT_SECONDS = 1.0
 GRACE_MARGIN = 5.0  # seconds to put an interrupted task back and exit before the platform's kill
+# Looking for a task again after the database failed the look: the first pause, the longest, and how long
+# without a failure starts again from the first.
+RETRY_PAUSE, RETRY_PAUSE_MAX, RETRY_RESET_AFTER = 0.5, 5.0, 60.0
 
 
 class Interrupted(BaseException):
@@ -52,6 +55,7 @@ class Worker(db_worker.Worker):
         self.task_id = ""
         self.task_since = 0.0
         self.deadline: float | None = None  # monotonic time at which the running task is interrupted
+        self.unrecorded = ""  # a claimed task whose outcome could not be written
         self.keeper = Keeper(self)
 
     def configure_signals(self) -> None:
@@ -84,14 +88,42 @@ class Worker(db_worker.Worker):
     def run(self) -> None:
         self.keeper.start()
         try:
-            super().run()
+            self.poll()
         finally:
             self.keeper.stop()
+
+    def poll(self) -> None:
+        """db_worker's loop, started again when the database fails a look for a task.
+
+        db_worker's loop retries only SQLite's "locked"; a lost connection, a restarting database or a look
+        cancelled by DB_STATEMENT_TIMEOUT would end the process. A task whose outcome could not be written
+        still ends it: its row says RUNNING, and only a worker gone from pg_stat_activity has it requeued.
+        """
+        pause, failed_at = RETRY_PAUSE, float("-inf")
+        while True:
+            try:
+                super().run()
+                return
+            except OperationalError as error:
+                if self.unrecorded:
+                    raise
+                connection.close()  # an unusable connection leaves; a usable one goes back to the pool
+                if not self.running:
+                    logger.warning("stopping: the database failed the last look for a task (%s)", error)
+                    return
+                now = time.monotonic()
+                pause = RETRY_PAUSE if now - failed_at > RETRY_RESET_AFTER else min(pause * 2, RETRY_PAUSE_MAX)
+                failed_at = now
+                logger.warning("could not look for a task (%s); looking again in %.1f s", error, pause)
+                self.startup_delay = False
+                while self.running and time.monotonic() < now + pause:  # a stop ends the pause
+                    time.sleep(0.1)
 
     def run_task(self, db_task_result: DBTaskResult) -> None:
         self.task_id, self.task_since = str(db_task_result.id), time.time()
         kwargs = (db_task_result.args_kwargs or {}).get("kwargs") or {}
         request_id = jsonlog.request_id.set(str(kwargs.get("request_id", "")))
+        self.unrecorded = self.task_id  # until its outcome (or its return to the queue) is written
         self.keeper.beat()
         try:
             super().run_task(db_task_result)  # records SUCCESSFUL or FAILED, sends task_finished
@@ -102,6 +134,7 @@ class Worker(db_worker.Worker):
         if db_task_result.exception_class_path == INTERRUPTED:
             requeue(db_task_result)
             logger.warning("task %s interrupted by the stop: back in the queue", db_task_result.id)
+        self.unrecorded = ""
 
 
 class Keeper(threading.Thread):

@@ -114,12 +114,12 @@ def test_gunicorn_conf_reads_the_environment(monkeypatch):
         GUNICORN_WORKERS="3",
         PORT="8080",
         GUNICORN_GRACEFUL_TIMEOUT="12",
-        FORWARDED_ALLOW_IPS="172.30.80.0/24",
+        FORWARDED_ALLOW_IPS="172.16.80.0/24",
     )
     assert conf.workers == 3
     assert conf.bind == ["0.0.0.0:8080", "0.0.0.0:9100"]  # the app, then metrics
     assert conf.graceful_timeout == 12
-    assert conf.forwarded_allow_ips == "172.30.80.0/24"
+    assert conf.forwarded_allow_ips == "172.16.80.0/24"
     assert conf.worker_class == "workers.UvicornWorker"
     assert conf.keepalive > 60  # outlasts a load balancer's usual idle timeout (60 s)
 
@@ -181,7 +181,7 @@ def test_worker_passes_on_what_uvicorn_worker_does_not(monkeypatch):
     cfg = Config()
     cfg.set("graceful_timeout", 20)
     cfg.set("keepalive", 75)
-    cfg.set("forwarded_allow_ips", "172.30.80.0/24")
+    cfg.set("forwarded_allow_ips", "172.16.80.0/24")
     worker = UvicornWorker(age=1, ppid=os.getpid(), sockets=[], app=None, timeout=30, cfg=cfg, log=Logger(cfg))
     config = worker.config
     assert (config.loop, config.http, config.lifespan) == ("uvloop", HttpToolsOneWriteProtocol, "off")
@@ -190,4 +190,4 @@ def test_worker_passes_on_what_uvicorn_worker_does_not(monkeypatch):
     assert config.timeout_keep_alive == 75
     assert config.server_header is False
     assert config.reset_contextvars is True
-    assert config.forwarded_allow_ips == ["172.30.80.0/24"]
+    assert config.forwarded_allow_ips == ["172.16.80.0/24"]

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection, transaction
@@ -236,6 +237,59 @@ def test_sigterm_while_the_worker_polls_stops_it_cleanly_and_what_it_claimed_sti
     assert process.returncode == 0, output
     assert "stopping: no task running" in output, output
     assert row(task_id).status == TaskResultStatus.SUCCESSFUL, output
+
+
+@pytest.mark.parametrize("failure", ["statement timeout", "database unreachable"])
+def test_a_look_for_a_task_the_database_fails_is_tried_again_and_the_worker_lives_on(failure):
+    """The claim cancelled by DB_STATEMENT_TIMEOUT (a lock held too long), or no database for a while: no exit."""
+    process = worker_process(BOOK_SUMMARY_DELAY="0", DB_STATEMENT_TIMEOUT="1")
+    table, database = DBTaskResult._meta.db_table, connection.settings_dict["NAME"]
+    try:
+        wait_for(lambda: worker_connections("count(*)") != [0], 30)
+        time.sleep(1.5)  # the worker is in its loop: at least one look for a task, TASK_WORKER_INTERVAL apart
+        with connection.cursor() as cursor:
+            if failure == "statement timeout":
+                with transaction.atomic():
+                    cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                    time.sleep(3)  # past the worker's 1 s statement timeout, at least once
+            else:  # the worker's connections gone and no new one let in, as in a restart; this one stays
+                with other_database() as admin:
+                    admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+                    try:
+                        assert worker_connections("pg_terminate_backend(pid)"), "the worker had no connection"
+                        time.sleep(5)  # looks fail on the dead connections, then on the pool's 3 s timeout
+                    finally:
+                        admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+        book = Book.objects.create(title=f"after the {failure}")
+        task_id = summarize_book.enqueue(book.id).id
+        wait_for(lambda: row(task_id).status == TaskResultStatus.SUCCESSFUL, 30)
+        assert process.poll() is None, "the worker exited"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert "could not look for a task" in output, output
+
+
+def other_database() -> psycopg.Connection:
+    """A connection to the server's `postgres` database: Postgres alters a database's settings only from another."""
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    return psycopg.connect(**{**params, "dbname": "postgres"}, autocommit=True)
+
+
+def worker_connections(select: str) -> list:
+    """`select`, "count(*)" or "pg_terminate_backend(pid)", over the task workers' connections in pg_stat_activity."""
+    assert select in ("count(*)", "pg_terminate_backend(pid)")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # else one snapshot per transaction
+        cursor.execute(
+            # Not this test's own: a Worker run in this process names its connection as workers do.
+            f"SELECT {select} FROM pg_stat_activity WHERE application_name LIKE %s AND pid <> pg_backend_pid()",  # noqa: S608
+            [identity.PREFIX + "%"],
+        )
+        return [value for (value,) in cursor.fetchall()]
 
 
 def test_a_task_that_outlasts_the_grace_period_is_interrupted_and_requeued():
