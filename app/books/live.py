@@ -13,7 +13,7 @@ import heapq
 import json
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -217,14 +217,16 @@ class Hub:
             self.floor, self.last_id = None, 0
         self.loop, self.ready = loop, asyncio.Event()
         self.task = loop.create_task(self._listen(), name="books.live listener")
+        keepalive = self._clock(Signal.KEEPALIVE, lambda: settings.LIVE_KEEPALIVE)
+        stats = self._clock(Signal.STATS, lambda: settings.LIVE_STATS_INTERVAL)
         self.clock_tasks = [
-            loop.create_task(self._clock(Signal.KEEPALIVE, "LIVE_KEEPALIVE"), name="books.live keepalive"),
-            loop.create_task(self._clock(Signal.STATS, "LIVE_STATS_INTERVAL"), name="books.live stats"),
+            loop.create_task(keepalive, name="books.live keepalive"),
+            loop.create_task(stats, name="books.live stats"),
         ]
 
-    async def _clock(self, signal: str, setting: str) -> None:
-        """Offers `signal` every settings.<setting> seconds to whoever wants it; DRAIN to all on the drain."""
-        while not await draining.sleep(getattr(settings, setting)):
+    async def _clock(self, signal: str, seconds: Callable[[], float]) -> None:
+        """Offers `signal` every seconds() (a setting, read each tick) to whoever wants it; DRAIN to all at the end."""
+        while not await draining.sleep(seconds()):
             for subscriber in list(self.subscribers):
                 if signal in subscriber.clock:
                     subscriber.offer(signal)
