@@ -136,12 +136,38 @@ def test_the_edge_range_is_one_docker_never_picks_by_itself(tmp_path):
     assert ipaddress.ip_address(example["NGINX_TRUSTED_PROXY"]) == edge.network_address + 1
 
 
+def test_an_edge_range_changed_after_up_is_said_at_start(stack: Stack):
+    """compose keeps a network it has created: EDGE_SUBNET changed and `up` again leaves the old range, and gunicorn
+    in the new app container says so, naming the fix, rather than believe proxy headers from nowhere."""
+    with stack.sibling("subnet", 112, {}).running() as other:
+        network = f"{other.project}_edge"
+        first = json.loads(docker("network", "inspect", network, "--format", "{{json .IPAM.Config}}"))
+        assert [c["Subnet"] for c in first] == [other.edge_subnet]
+        assert "FORWARDED_ALLOW_IPS" not in other.logs("app")
+        moved = str(ipaddress.ip_network(other.edge_subnet).network_address + 256) + "/24"
+        other.write_env({"EDGE_SUBNET": moved})
+        other.compose("up", "--detach", "--wait", "--wait-timeout", "180", timeout=600)
+        kept = json.loads(docker("network", "inspect", network, "--format", "{{json .IPAM.Config}}"))
+        assert [c["Subnet"] for c in kept] == [other.edge_subnet]  # compose's behaviour, which the warning is for
+        logs = other.logs("app")
+        assert f"FORWARDED_ALLOW_IPS ({moved}) is on none of this container's networks" in logs, logs[-3000:]
+        assert "docker compose down" in logs
+
+
+def docker(*args: str) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_the_running_stack_got_its_settings_file(stack: Stack):
     """The test stack starts with --env-file and a file called stack.env: its settings are in force."""
     assert stack.env_file.name != ".env"
     env = dict(line.split("=", 1) for line in stack.exec("app", "env").stdout.splitlines() if "=" in line)
     assert env["GUNICORN_WORKERS"] == "1" and env["GUNICORN_ACCESS_LOG"] == "-"
     assert len(stack.gunicorn_workers()) == 1
+    # Its edge network has the range gunicorn believes proxy headers from (gunicorn.conf.py warns otherwise).
+    assert "FORWARDED_ALLOW_IPS" not in stack.logs("app")
     # The API token, given as a file: writes work.
     created = stack.post_json("/books/", {"title": "from the env file's token"}, token=stack.api_token)
     assert created.status == 201, created.body

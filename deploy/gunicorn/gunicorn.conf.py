@@ -5,6 +5,7 @@ Copying it: keep it beside workers.py; set the variables in .env (documented in
 .env.example), not here. Settings reference: https://gunicorn.org/reference/settings/
 """
 
+import ipaddress
 import os
 import shutil
 import sys
@@ -54,6 +55,31 @@ backlog = _int("GUNICORN_BACKLOG", 4096)
 # Proxy headers are believed only from these addresses (nginx's network in
 # docker-compose.yml); nginx overwrites X-Forwarded-For and -Proto itself.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
+
+
+def attached_networks(route_table: str) -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks this container has an address on: the routes of /proc/net/route without a gateway."""
+    networks = []
+    for line in route_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8 or int(fields[2], 16) != 0:  # reached through a gateway
+            continue
+        address, mask = (ipaddress.IPv4Address(bytes.fromhex(field)[::-1]) for field in (fields[1], fields[7]))
+        networks.append(ipaddress.IPv4Network(f"{address}/{mask}"))
+    return networks
+
+
+def unattached_proxy_ranges(allowed: str, attached: list[ipaddress.IPv4Network]) -> list[str]:
+    """`allowed`'s IPv4 ranges when none is on an attached network; [] if one is, or for loopback, "*" or no routes."""
+    try:
+        ranges = [ipaddress.ip_network(entry.strip(), strict=False) for entry in allowed.split(",") if entry.strip()]
+    except ValueError:  # "*", or a form gunicorn reads its own way
+        return []
+    outside = [network for network in ranges if network.version == 4 and not network.is_loopback]
+    if not attached or not outside or any(network.overlaps(own) for network in outside for own in attached):
+        return []
+    return [str(network) for network in outside]
+
 
 # --- Timeouts -------------------------------------------------------------------------
 # How long an idle client connection stays open. Whatever keeps connections
@@ -128,6 +154,22 @@ def on_starting(server: object) -> None:
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, exist_ok=True)
+    # compose keeps a network it has created as it was: an edge network made before EDGE_SUBNET changed
+    # keeps its old range, and gunicorn would then believe nginx's proxy headers from nowhere.
+    try:
+        routes = Path("/proc/net/route").read_text()
+    except OSError:
+        routes = ""
+    attached = attached_networks(routes)
+    unattached = unattached_proxy_ranges(forwarded_allow_ips, attached)
+    if unattached:
+        server.log.warning(  # type: ignore[attr-defined]
+            "FORWARDED_ALLOW_IPS (%s) is on none of this container's networks (%s): X-Forwarded-For and -Proto "
+            "will be ignored unless the proxy reaches the app through a router or NAT. Under docker compose, "
+            "the edge network kept an older EDGE_SUBNET: `docker compose down`, then `up`, creates it anew.",
+            ", ".join(unattached),
+            ", ".join(map(str, attached)),
+        )
 
 
 def child_exit(server: object, worker: object) -> None:

@@ -1,9 +1,10 @@
 """The scripts the containers run: init_secrets (compose), the gunicorn config and its worker."""
 
 import importlib.util
+import ipaddress
 import os
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -122,6 +123,38 @@ def test_gunicorn_conf_reads_the_environment(monkeypatch):
     assert conf.forwarded_allow_ips == "172.16.80.0/24"
     assert conf.worker_class == "workers.UvicornWorker"
     assert conf.keepalive > 60  # outlasts a load balancer's usual idle timeout (60 s)
+
+
+def test_gunicorn_warns_when_the_proxy_range_is_on_none_of_this_containers_networks(monkeypatch):
+    """An edge network compose kept from an older EDGE_SUBNET: said at start, not left to wrong client addresses."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    conf = load_gunicorn_conf(monkeypatch)
+    attached = conf.attached_networks(Path("/proc/net/route").read_text())
+    assert attached, "this container is on the stack's data network"
+    own = str(attached[0])
+    elsewhere = next(
+        str(network)
+        for network in map(ipaddress.ip_network, ("172.16.99.0/24", "10.250.0.0/24"))
+        if not any(network.overlaps(mine) for mine in attached)
+    )
+    for believed in (own, f"{elsewhere},{own}", "127.0.0.1,::1", "*"):
+        assert conf.unattached_proxy_ranges(believed, attached) == [], believed
+    assert conf.unattached_proxy_ranges(elsewhere, attached) == [elsewhere]
+    assert conf.unattached_proxy_ranges(elsewhere, []) == []  # no routes read: nothing to say
+
+    class Log:
+        def __init__(self) -> None:
+            self.warnings: list[str] = []
+
+        def warning(self, message: str, *args: object) -> None:
+            self.warnings.append(message % args)
+
+    for believed, warned in ((own, False), (elsewhere, True)):
+        server = SimpleNamespace(log=Log())
+        load_gunicorn_conf(monkeypatch, FORWARDED_ALLOW_IPS=believed).on_starting(server)
+        assert bool(server.log.warnings) is warned, server.log.warnings
+    assert elsewhere in server.log.warnings[0] and own in server.log.warnings[0]
+    assert "docker compose down" in server.log.warnings[0]
 
 
 def test_gunicorn_conf_defaults(monkeypatch):
