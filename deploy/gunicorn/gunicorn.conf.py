@@ -154,8 +154,8 @@ def on_starting(server: object) -> None:
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, exist_ok=True)
-    # compose keeps a network it has created as it was: an edge network made before EDGE_SUBNET changed
-    # keeps its old range, and gunicorn would then believe nginx's proxy headers from nowhere.
+    # Older compose releases (2.26, for one) keep a network they have created as it was: an edge network made before
+    # EDGE_SUBNET changed keeps its old range, and gunicorn would believe proxy headers from no one there.
     try:
         routes = Path("/proc/net/route").read_text()
     except OSError:
