@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.sample import usage
+from harness.stack import docker
 
 try:
     import uvloop
@@ -512,10 +513,6 @@ class Writer:
 
 
 # --- Containers and Postgres, sampled while it runs ----------------------------------------------------------
-def docker(*args: str, timeout: float = 30) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=True).stdout
-
-
 class Probe:
     """The app containers' RSS and threads (bench/sample.py) and Postgres' connections, now or every few seconds."""
 
@@ -527,13 +524,13 @@ class Probe:
 
     def workers(self) -> int:
         """gunicorn's workers across the app containers: the children of each master (pid 1)."""
-        return sum(len(docker("exec", c, "python", "-c", WORKERS_SCRIPT).split()) for c in self.apps)
+        return sum(len(docker("exec", c, "python", "-c", WORKERS_SCRIPT).stdout.split()) for c in self.apps)
 
     def cpu_seconds(self, port: int) -> dict[str, float]:
         """CPU time used so far: the app containers, nginx, Postgres, and Docker's proxy for the port, if any."""
 
         def container(name: str) -> float:
-            out = docker("exec", name, "sh", "-c", CPU_SCRIPT).split()
+            out = docker("exec", name, "sh", "-c", CPU_SCRIPT).stdout.split()
             return int(out[out.index("usage_usec") + 1]) / 1e6 if "usage_usec" in out else int(out[0]) / 1e9
 
         groups = {"app": self.apps, "nginx": [self.nginx] if self.nginx else [], "db": [self.db] if self.db else []}
@@ -544,7 +541,7 @@ class Probe:
     def connections(self) -> dict[str, int]:
         if not self.db:
             return {}
-        out = docker("exec", self.db, "sh", "-c", PSQL, CONNECTIONS_SQL).strip()
+        out = docker("exec", self.db, "sh", "-c", PSQL, CONNECTIONS_SQL).stdout.strip()
         listening, active, idle, in_transaction, total = (int(n) for n in out.split(","))
         return {"listening": listening, "active": active, "idle": idle, "idle_in_transaction": in_transaction,
                 "total": total}  # fmt: skip
@@ -558,7 +555,7 @@ class Probe:
         while not self._stop.is_set():
             try:
                 self.samples.append(self.sample())
-            except (subprocess.SubprocessError, OSError, ValueError) as error:
+            except (AssertionError, subprocess.SubprocessError, OSError, ValueError) as error:  # a failed docker call
                 print(f"fanout: a sample failed: {error}", file=sys.stderr)
             self._stop.wait(every)
 
@@ -577,7 +574,7 @@ class Probe:
         def ids(service: str) -> list[str]:
             labels = ["--filter", f"label=com.docker.compose.project={project}",
                       "--filter", f"label=com.docker.compose.service={service}"]  # fmt: skip
-            return docker("ps", "-q", *labels).split()
+            return docker("ps", "-q", *labels).stdout.split()
 
         apps = ids("app")
         if not apps:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
+
+from harness.stack import docker
 
 SCRIPT = "for f in /proc/[0-9]*/status; do cat $f 2>/dev/null; done"
 # The processes of the sampling command itself are not the app's.
@@ -21,8 +22,7 @@ class Usage:
 
 def usage(container: str) -> Usage:
     """Sum of VmRSS and Threads over the container's processes, right now."""
-    out = subprocess.run(["docker", "exec", container, "sh", "-c", SCRIPT], capture_output=True, text=True,
-                         timeout=30).stdout  # fmt: skip
+    out = docker("exec", container, "sh", "-c", SCRIPT, check=False, timeout=30).stdout
     rss_kb = threads = 0
     for block in out.split("Name:")[1:]:
         name = block.split(None, 1)[0]

@@ -32,6 +32,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_command(
+    command: list[str], check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A command's output as text; with `check`, a failure raises with its output in the message."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run_command(["docker", *args], check=check, timeout=timeout)
+
+
 @dataclass
 class Response:
     status: int
@@ -86,6 +100,8 @@ class Stack:
     api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     # More compose files on top of docker-compose.yml (the benchmark's, say).
     extra_files: list[Path] = field(default_factory=list)
+    # The directory of the docker-compose.yml it runs: this repository's, or a project made from it.
+    root: Path = ROOT
     env_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,34 +141,22 @@ class Stack:
 
     # --- docker compose ------------------------------------------------------------
     def compose_args(self, *args: str, with_tests: bool = False) -> list[str]:
-        files = ["-f", str(ROOT / "docker-compose.yml")]
-        for extra in self.extra_files:
-            files += ["-f", str(extra)]
-        if with_tests:
-            files += ["-f", str(TEST_COMPOSE)]
-        return ["docker", "compose", "-p", self.project, "--project-directory", str(ROOT),
-                "--env-file", str(self.env_file), *files, *args]  # fmt: skip
+        """`with_tests` adds the tests' compose file, which extends this repository's services only."""
+        files = [self.compose_file, *self.extra_files, *([TEST_COMPOSE] if with_tests and self.root == ROOT else [])]
+        return ["docker", "compose", "-p", self.project, "--project-directory", str(self.root),
+                "--env-file", str(self.env_file), *(a for f in files for a in ("-f", str(f))), *args]  # fmt: skip
 
     def compose(
         self, *args: str, check: bool = True, timeout: float = 600, with_tests: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            self.compose_args(*args, with_tests=with_tests),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={k: v for k, v in os.environ.items() if k != "COMPOSE_PROJECT_NAME"},
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"docker compose {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-            )
-        return result
+        command = self.compose_args(*args, with_tests=with_tests)
+        environment = {k: v for k, v in os.environ.items() if k != "COMPOSE_PROJECT_NAME"}
+        return run_command(command, check=check, timeout=timeout, env=environment)
 
     @property
     def compose_file(self) -> Path:
         """The compose file the documented commands and scripts use, in the project's own directory."""
-        return ROOT / "docker-compose.yml"
+        return self.root / "docker-compose.yml"
 
     def run_script(self, *command: str, extra_files: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
         """A command as a user types it beside the compose file: a script of the project's, or docker.
@@ -213,8 +217,7 @@ class Stack:
         if container is None:
             out = self.exec("app", "python", "-c", code).stdout
         else:
-            command = ["docker", "exec", container, "python", "-c", code]
-            out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+            out = docker("exec", container, "python", "-c", code, timeout=60).stdout
         return sorted(int(pid) for pid in out.split())
 
     def psql(self, sql: str, check: bool = True) -> str:

@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -100,21 +99,6 @@ def test_the_guide_asks_for_its_two_variables_first():
             assert name in VARIABLES, f"a step uses ${name}, which the guide does not ask for:\n{step}"
 
 
-@dataclass
-class ProjectStack(Stack):
-    """A stack run from the adopted project's own directory and compose file, not this repository's."""
-
-    root: Path = field(default_factory=Path)
-
-    @property
-    def compose_file(self) -> Path:
-        return self.root / "docker-compose.yml"
-
-    def compose_args(self, *args: str, with_tests: bool = False) -> list[str]:
-        return ["docker", "compose", "-p", self.project, "--project-directory", str(self.root),
-                "--env-file", str(self.env_file), "-f", str(self.compose_file), *args]  # fmt: skip
-
-
 def in_image(image: str, project: Path, entrypoint: str, *args: str) -> None:
     """Run a Django command in `image` on the project's files, as the files' owner."""
     command = ["docker", "run", "--rm", "-v", f"{project}:/work", "-w", "/work",
@@ -158,7 +142,7 @@ def follow_the_guide(project: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def adopted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProjectStack]:
+def adopted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if shutil.which("docker") is None:
         pytest.fail("docker is not on PATH: the test command needs Docker with compose v2")
     # The blueprint's app image, for Django's own commands: the host may have no Django 6.1.
@@ -168,7 +152,7 @@ def adopted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProjectStack]:
     # Its own project name and edge range: 48 /24s above the session stack's, or STACK_ADOPT_EDGE_SUBNET.
     edge = ipaddress.ip_network(blueprint.edge_subnet)
     subnet = os.environ.get("STACK_ADOPT_EDGE_SUBNET") or f"{edge.network_address + (48 << 8)}/24"
-    stack = ProjectStack(project=f"{blueprint.project}-adopt", edge_subnet=subnet, root=project)
+    stack = Stack(project=f"{blueprint.project}-adopt", edge_subnet=subnet, root=project)
     try:
         blueprint.compose("build", "--quiet", "app", timeout=1200)
         make_project(blueprint.image("app"), project)
@@ -181,7 +165,7 @@ def adopted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProjectStack]:
         shutil.rmtree(blueprint.directory, ignore_errors=True)
 
 
-def test_the_project_is_laid_out_and_named_as_the_guide_says(adopted: ProjectStack):
+def test_the_project_is_laid_out_and_named_as_the_guide_says(adopted: Stack):
     root = adopted.root
     assert (root / "app" / "manage.py").is_file() and (root / "app" / "notes" / "models.py").is_file()
     assert re.search(rf"^name: {PACKAGE}$", (root / "docker-compose.yml").read_text(), re.M)
@@ -190,12 +174,12 @@ def test_the_project_is_laid_out_and_named_as_the_guide_says(adopted: ProjectSta
     assert " AS test" not in dockerfile and "tests/" not in dockerfile.split("# Copying it")[1]
 
 
-def test_migrate_applied_the_projects_migrations_before_the_app(adopted: ProjectStack):
+def test_migrate_applied_the_projects_migrations_before_the_app(adopted: Stack):
     assert "Applying notes.0001_initial" in adopted.logs("migrate")
     assert adopted.get("/readyz").text().strip() == "ready"
 
 
-def test_the_async_view_lists_what_the_orm_wrote(adopted: ProjectStack):
+def test_the_async_view_lists_what_the_orm_wrote(adopted: Stack):
     assert adopted.get("/notes/").status == 200
     adopted.exec("app", "python", "manage.py", "shell", "-c",
                  f"from notes.models import Note; Note.objects.create(text={NOTE!r})")  # fmt: skip
@@ -203,7 +187,7 @@ def test_the_async_view_lists_what_the_orm_wrote(adopted: ProjectStack):
     assert response.status == 200 and NOTE in response.text().splitlines(), response.text()
 
 
-def test_admin_static_files_are_served(adopted: ProjectStack):
+def test_admin_static_files_are_served(adopted: Stack):
     login = adopted.get("/admin/login/")
     assert login.status == 200
     stylesheets = re.findall(r'href="(/static/admin/css/[^"]+\.css)"', login.text())
@@ -214,7 +198,7 @@ def test_admin_static_files_are_served(adopted: ProjectStack):
         assert css.body
 
 
-async def hold_open_streams(stack: ProjectStack, count: int) -> int:
+async def hold_open_streams(stack: Stack, count: int) -> int:
     """Open `count` of the project's streams, wait for each one's first event, and count the worker's threads."""
     connections = []
     try:
@@ -233,7 +217,7 @@ async def hold_open_streams(stack: ProjectStack, count: int) -> int:
             writer.close()
 
 
-def test_open_streams_of_the_project_hold_no_thread(adopted: ProjectStack):
+def test_open_streams_of_the_project_hold_no_thread(adopted: Stack):
     idle = worker_threads(adopted)
     assert len(idle) == 1, idle  # one gunicorn worker (GUNICORN_WORKERS=1 in the test's settings file)
     during = asyncio.run(hold_open_streams(adopted, 100))
@@ -243,7 +227,7 @@ def test_open_streams_of_the_project_hold_no_thread(adopted: ProjectStack):
     assert growth < 15, f"{growth} more threads with 100 of the project's streams open"
 
 
-def test_the_escape_hatch_stops_the_container(adopted: ProjectStack):
+def test_the_escape_hatch_stops_the_container(adopted: Stack):
     try:
         result = adopted.compose(
             "run", "--rm", "--no-deps", "-e", "DJANGO_ALLOW_ASYNC_UNSAFE=1", "app", check=False, timeout=90
@@ -255,8 +239,9 @@ def test_the_escape_hatch_stops_the_container(adopted: ProjectStack):
     assert "core.E001" in output and "DJANGO_ALLOW_ASYNC_UNSAFE is set" in output, output[-3000:]
 
 
-def test_without_a_task_worker_it_serves_and_redeploys(adopted: ProjectStack):
-    """The guide's way to do without background tasks for now: its setting, then `up`, then `rollout.sh`."""
+def test_without_tasks_it_serves_and_redeploys(adopted: Stack):
+    """The guide's ways to do without background tasks, each followed by `rollout.sh`: its setting for now, then
+    the worker service deleted, then the task apps taken out altogether."""
     said = re.search(r"set\s+`(TASK_WORKER_REPLICAS)=(\d+)`\s+in\s+`\.env`", GUIDE.read_text())
     assert said, "docs/adopt.md no longer says how to do without the task worker"
     adopted.write_env({said.group(1): said.group(2)})
@@ -276,5 +261,27 @@ def test_without_a_task_worker_it_serves_and_redeploys(adopted: ProjectStack):
     assert rollout.returncode == 0, rollout.stdout[-3000:] + rollout.stderr[-3000:]
     assert "task worker" not in rollout.stderr, rollout.stderr
     assert adopted.get("/readyz").text().strip() == "ready"
+    # And the task apps out altogether: the two apps and TASKS from the settings, and app/worker/.
+    said = re.search(r"To take them out\s+altogether, delete (.*?): `core` serves", GUIDE.read_text(), re.S)
+    assert said, "docs/adopt.md no longer says how to take the task apps out altogether"
+    assert all(f"`{name}`" in said.group(1) for name in ("worker", "TASKS", "app/worker/")), said.group(1)
+    settings = adopted.root / "app" / PACKAGE / "settings.py"
+    text, deleted = re.subn(r'^    "(django_tasks_db|worker)",\n|^TASKS = .*\n', "", settings.read_text(), flags=re.M)
+    assert deleted == 3, f"{settings}: the task apps and TASKS were not where the guide's merge puts them"
+    settings.write_text(text)
+    shutil.rmtree(adopted.root / "app" / "worker")
+    build = adopted.run_script("docker", "compose", "build", "--quiet", "app")
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    rollout = adopted.run_script("deploy/compose/rollout.sh")
+    assert rollout.returncode == 0, rollout.stdout[-3000:] + rollout.stderr[-3000:]
+    assert "replaced 1 app container(s)" in rollout.stderr, rollout.stderr
+    apps = "from django.apps import apps; print(sorted(a.label for a in apps.get_app_configs()))"
+    installed = adopted.exec("app", "python", "manage.py", "shell", "-c", apps).stdout
+    assert "core" in installed and "worker" not in installed and "django_tasks_db" not in installed, installed
+    assert adopted.get("/readyz").text().strip() == "ready"
     response = adopted.get("/notes/")
     assert response.status == 200 and NOTE in response.text().splitlines(), response.text()
+    # Its metrics still answer, with no queue to report.
+    scrape = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9100/metrics').read().decode())"
+    metrics = adopted.exec("app", "python", "-c", scrape).stdout
+    assert "app_requests_total" in metrics and "app_tasks" not in metrics, metrics[-2000:]

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from harness.stack import ROOT
+from harness.stack import ROOT, docker
 
 
 def test_benchmark_command_runs_and_reports(tmp_path: Path):
@@ -65,6 +65,5 @@ def test_benchmark_command_runs_and_reports(tmp_path: Path):
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # It cleaned up after itself.
     project = env["BENCH_PROJECT"]
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    left = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}").stdout.strip()
     assert left == ""

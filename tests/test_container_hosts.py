@@ -22,20 +22,11 @@ from typing import Any
 
 import pytest
 
-from harness.stack import Response, Stack, http_request
+from harness.stack import Response, Stack, docker, http_request
 from tests.hosts import Target, Workload, registry, target
 
 RUN_TARGETS = ["kubernetes-production", "cloud-run", "fly", "render", "ecs"]
 SLOW_REQUEST_SECONDS = 3
-
-
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"docker {' '.join(args[:3])} ... exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-        )
-    return result
 
 
 @dataclass

@@ -12,12 +12,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness.stack import ROOT, Stack
+from harness.stack import ROOT, Stack, docker
 from tests.hosts import read_by_the_image, registry
 
 # Set by docker-compose.yml itself, never taken from the settings file.
@@ -25,12 +24,8 @@ WIRED = {"PORT", "FORWARDED_ALLOW_IPS"}
 
 
 def rendered(env_file: Path, project_dir: Path = ROOT) -> dict:
-    result = subprocess.run(
-        ["docker", "compose", "--project-directory", str(project_dir), "-f", str(ROOT / "docker-compose.yml"),
-         "--env-file", str(env_file), "config", "--format", "json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = docker("compose", "--project-directory", str(project_dir), "-f", str(ROOT / "docker-compose.yml"),
+                    "--env-file", str(env_file), "config", "--format", "json")  # fmt: skip
     return json.loads(result.stdout)
 
 
@@ -157,12 +152,8 @@ def test_an_edge_range_changed_after_up_is_said_at_start(stack: Stack):
 
 
 def subnets(network: str) -> list[str]:
-    result = subprocess.run(
-        ["docker", "network", "inspect", network, "--format", "{{json .IPAM.Config}}"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return [config["Subnet"] for config in json.loads(result.stdout)]
+    configs = json.loads(docker("network", "inspect", network, "--format", "{{json .IPAM.Config}}").stdout)
+    return [config["Subnet"] for config in configs]
 
 
 def test_the_running_stack_got_its_settings_file(stack: Stack):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.stack import Stack
+from harness.stack import Stack, docker
 from tests import load
 from tests.test_upstream import proxied
 
@@ -37,14 +36,10 @@ NO_REQUEST_LONGER_THAN = 5.0
 RECOVERS_WITHIN = 5.0
 
 
-def docker(*args: str, check: bool = True) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120).stdout
-
-
 def started_at(stack: Stack, service: str) -> list[str]:
     """When each container of the service last started, and how often Docker restarted it."""
     ids = stack.compose("ps", "-q", service).stdout.split()
-    return [docker("inspect", "--format", "{{.State.StartedAt}} {{.RestartCount}}", i).strip() for i in ids]
+    return [docker("inspect", "--format", "{{.State.StartedAt}} {{.RestartCount}}", i).stdout.strip() for i in ids]
 
 
 def book_ids(stack: Stack) -> set[int]:
@@ -292,7 +287,7 @@ def test_stop_app_drains_requests_and_ends_streams(stack: Stack):
         assert stream.complete and not stream.error, stream
         assert 1 <= stream.events < 60 and stream.ended is not None and stream.ended - stopping < 20
     container = stack.container_id("app")
-    state = docker("inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", container)
+    state = docker("inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", container).stdout
     assert state.split() == ["0", "false"], state
     logs = stack.logs("app")[seen:]
     assert "events: server draining, stream ended after" in logs
@@ -307,7 +302,7 @@ def test_stop_app_drains_requests_and_ends_streams(stack: Stack):
 # --- Memory ---------------------------------------------------------------------------------------
 def memory_usage(container: str) -> float:
     """MiB in use, as `docker stats` reports it (cgroup v1 and v2 alike)."""
-    usage = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", container).split("/")[0].strip()
+    usage = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", container).stdout.split("/")[0].strip()
     number, unit = re.fullmatch(r"([0-9.]+)\s*([KMG]i?B|B)", usage).groups()
     return float(number) * {"B": 2**-20, "KiB": 2**-10, "MiB": 1, "GiB": 2**10}[unit]
 
@@ -315,7 +310,7 @@ def memory_usage(container: str) -> float:
 def test_memory_limit(stack: Stack):
     """The app has a memory limit and no swap; at the limit the largest process is killed, not the app."""
     container = stack.container_id("app")
-    config = docker("inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}", container)
+    config = docker("inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}", container).stdout
     limit, swap = map(int, config.split())
     assert limit == 2**30 and swap == limit, (limit, swap)  # APP_MEMORY_LIMIT=1g, the default
 
@@ -358,14 +353,14 @@ def new_version(stack: Stack, version: str) -> Path:
 
 
 def image_version(container: str) -> str:
-    return docker("inspect", "--format", f'{{{{index .Config.Labels "{VERSION_LABEL}"}}}}', container).strip()
+    return docker("inspect", "--format", f'{{{{index .Config.Labels "{VERSION_LABEL}"}}}}', container).stdout.strip()
 
 
 def test_redeploy_one_replica_at_a_time_loses_no_request(replicas: Stack):
     before = set(replicas.compose("ps", "-q", "app").stdout.split())
     assert len(before) == 2
     kept = {service: replicas.container_id(service) for service in ("db", "secrets")}
-    db_started = docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"])
+    db_started = docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"]).stdout
     worker = replicas.container_id("worker")
     # A new version, built with the documented `docker compose build`.
     release = new_version(replicas, "redeploy")
@@ -393,7 +388,7 @@ def test_redeploy_one_replica_at_a_time_loses_no_request(replicas: Stack):
         assert image_version(container) == "redeploy", container
     assert replicas.container_id("worker") != worker
     assert {service: replicas.container_id(service) for service in kept} == kept
-    assert docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"]) == db_started
+    assert docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"]).stdout == db_started
     failed = [r.describe() for r in results if r.status not in (200, 201)]
     assert not failed, failed
     assert load.created_ids(results) <= book_ids(replicas)
@@ -401,9 +396,9 @@ def test_redeploy_one_replica_at_a_time_loses_no_request(replicas: Stack):
     # new replica before it answered /healthz (nginx/upstream/app-upstream).
     sent = proxied(replicas)
     for container in after:
-        networks = json.loads(docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", container))
+        networks = json.loads(docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", container).stdout)
         address = networks[f"{replicas.project}_edge"]["IPAddress"]
-        started = unix_time(docker("inspect", "--format", "{{.State.StartedAt}}", container).strip())
+        started = unix_time(docker("inspect", "--format", "{{.State.StartedAt}}", container).stdout.strip())
         ready = first_healthy(container)
         first = min(t for t, tried in sent if address in tried and t >= started)
         print(f"{address}: ready {ready - started:.2f} s after its start, first request {first - ready:.2f} s later")
@@ -413,7 +408,7 @@ def test_redeploy_one_replica_at_a_time_loses_no_request(replicas: Stack):
 def test_up_with_a_new_version_keeps_the_database(replicas: Stack):
     """The simple deploy (docs/production-vm.md): `docker compose up --detach --build` replaces what runs the app."""
     kept = {service: replicas.container_id(service) for service in ("db", "secrets")}
-    db_started = docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"])
+    db_started = docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"]).stdout
     release = new_version(replicas, "up")
     up = replicas.run_script("docker", "compose", "up", "--detach", "--build", "--wait", extra_files=(release,))
     assert up.returncode == 0, up.stderr[-3000:]
@@ -421,7 +416,7 @@ def test_up_with_a_new_version_keeps_the_database(replicas: Stack):
         for container in replicas.compose("ps", "-a", "-q", service).stdout.split():
             assert image_version(container) == "up", (service, container)
     assert {service: replicas.container_id(service) for service in kept} == kept
-    assert docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"]) == db_started
+    assert docker("inspect", "--format", "{{.State.StartedAt}}", kept["db"]).stdout == db_started
     assert replicas.get("/readyz").status == 200
 
 
@@ -432,7 +427,7 @@ def unix_time(timestamp: str) -> float:
 
 def first_healthy(container: str) -> float:
     """When an app container first answered /healthz with 200, from its access lines (GUNICORN_ACCESS_LOG)."""
-    for line in docker("logs", container).splitlines():
+    for line in docker("logs", container).stdout.splitlines():
         entry = json.loads(line) if line.startswith("{") else {}
         if entry.get("path") == "/healthz" and entry.get("status") == 200:
             return unix_time(entry["time"])

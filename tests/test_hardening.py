@@ -10,20 +10,15 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from harness.stack import Stack
+from harness.stack import Stack, docker
 from tests.test_routes import admin_login
 
 HARDENED = ("app", "migrate", "worker", "secrets")
-
-
-def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120)
 
 
 def host_config(stack: Stack, service: str) -> dict:

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from harness.stack import ROOT, Stack
-
-
-def docker(*args: str) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, timeout=120).stdout
+from harness.stack import ROOT, Stack, docker
 
 
 @pytest.mark.parametrize("service", ["migrate", "app"])
@@ -43,7 +38,8 @@ def test_sync_orm_call_in_async_code_raises_in_the_running_container(stack: Stac
 def test_app_runs_as_non_root(stack: Stack):
     uids = stack.exec("app", "sh", "-c", "grep -h '^Uid:' /proc/[0-9]*/status").stdout.split("\n")
     assert uids and all(line.split()[1:] == ["10001"] * 4 for line in uids if line), uids
-    assert docker("image", "inspect", "--format", "{{.Config.User}}", stack.image("app")).strip() == "10001:10001"
+    user = docker("image", "inspect", "--format", "{{.Config.User}}", stack.image("app")).stdout
+    assert user.strip() == "10001:10001"
 
 
 def test_only_nginx_publishes_a_port_on_loopback(stack: Stack):
@@ -58,17 +54,17 @@ def test_only_nginx_publishes_a_port_on_loopback(stack: Stack):
 
 def test_database_is_on_a_network_nginx_is_not_on(stack: Stack):
     def networks(service: str) -> set[str]:
-        out = docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", stack.container_id(service))
+        out = docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", stack.container_id(service)).stdout
         return set(json.loads(out))
 
     assert not networks("db") & networks("nginx")
     assert networks("db") <= networks("app")
     data_network = next(iter(networks("db")))
-    assert docker("network", "inspect", "--format", "{{.Internal}}", data_network).strip() == "true"
+    assert docker("network", "inspect", "--format", "{{.Internal}}", data_network).stdout.strip() == "true"
 
 
 def test_migrations_ran_once_before_the_app(stack: Stack):
-    state = docker("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", stack.container_id("migrate"))
+    state = docker("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", stack.container_id("migrate")).stdout
     assert state.split() == ["exited", "0"]
     assert "Applying books.0001_initial" in stack.logs("migrate")
     assert "Applying" not in stack.logs("app")
@@ -95,15 +91,15 @@ def test_each_installation_gets_its_own_secrets_that_survive_restarts(stack: Sta
 def test_no_secret_in_the_image_or_the_logs(stack: Stack):
     values = [read_secret(stack, "django_secret_key"), read_secret(stack, "postgres_password"), stack.api_token]
     history = "".join(
-        docker("history", "--no-trunc", image)
+        docker("history", "--no-trunc", image).stdout
         for image in (stack.image("app"), stack.image("secrets"), stack.image("nginx"))
     )
-    image_env = docker("image", "inspect", "--format", "{{json .Config.Env}}", stack.image("app"))
+    image_env = docker("image", "inspect", "--format", "{{json .Config.Env}}", stack.image("app")).stdout
     logs = stack.compose("logs", "--no-color").stdout
     for value in values:
         assert value not in history and value not in image_env and value not in logs
     listing = docker("run", "--rm", "--entrypoint", "sh", stack.image("app"), "-c", "ls -A /srv/secrets; ls -A /srv")
-    assert ".env" not in listing.split()
+    assert ".env" not in listing.stdout.split()
 
 
 def test_image_has_no_compiler_and_compiled_bytecode(stack: Stack):

@@ -205,16 +205,25 @@ def test_sigterm_lets_the_running_task_finish_and_starts_no_other():
     assert row(waiting).status == TaskResultStatus.READY  # left for the next worker
 
 
+def worker_connections(select: str = "count(*)", waiting_for_a_lock: bool = False) -> list:
+    """`select`, "count(*)" or "pg_terminate_backend(pid)", over the task workers' connections in pg_stat_activity."""
+    assert select in ("count(*)", "pg_terminate_backend(pid)")
+    lock = " AND wait_event_type = 'Lock'" if waiting_for_a_lock else ""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # else one snapshot per transaction
+        cursor.execute(
+            # Not this test's own: a Worker run in this process names its connection as workers do.
+            f"SELECT {select} FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE %s "  # noqa: S608
+            f"AND pid <> pg_backend_pid(){lock}",
+            [identity.PREFIX + "%"],
+        )
+        return [value for (value,) in cursor.fetchall()]
+
+
 def test_sigterm_while_the_worker_polls_stops_it_cleanly_and_what_it_claimed_still_runs():
     """A stop that lands inside the query claiming the next task: exit status 0, and the task it claims runs."""
     # A statement timeout longer than the test holds its lock: the claim must still be waiting at the stop.
     process = worker_process(BOOK_SUMMARY_DELAY="0", DB_STATEMENT_TIMEOUT="60")
-    # The worker's two connections waiting for the lock this test holds: its keeper's reaper, which looks at
-    # start, and the claim of its first poll (pg_stat_activity's query text is cut short: too long to tell).
-    waiting = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE %s "
-        "AND wait_event_type = 'Lock'"
-    )
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:
@@ -222,13 +231,10 @@ def test_sigterm_while_the_worker_polls_stops_it_cleanly_and_what_it_claimed_sti
             book = Book.objects.create(title="claimed while stopping")
             task_id = summarize_book.enqueue(book.id).id
 
-            def blocked() -> bool:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_stat_clear_snapshot()")  # else one snapshot per transaction
-                    cursor.execute(waiting, [identity.PREFIX + "%"])
-                    return cursor.fetchone()[0] == 2
-
-            wait_for(blocked, 60)  # the worker has started, and its first poll waits for this transaction
+            # The worker's two connections waiting for the lock: its keeper's reaper, which looks at start, and
+            # the claim of its first poll (pg_stat_activity's query text is cut short: too long to tell).
+            # So the worker has started, and its first poll waits for this transaction.
+            wait_for(lambda: worker_connections(waiting_for_a_lock=True) == [2], 60)
             process.send_signal(signal.SIGTERM)
             time.sleep(1)  # the worker handles the signal while its query still waits
         output, _ = process.communicate(timeout=30)
@@ -245,7 +251,7 @@ def test_a_look_for_a_task_the_database_fails_is_tried_again_and_the_worker_live
     process = worker_process(BOOK_SUMMARY_DELAY="0", DB_STATEMENT_TIMEOUT="1")
     table, database = DBTaskResult._meta.db_table, connection.settings_dict["NAME"]
     try:
-        wait_for(lambda: worker_connections("count(*)") != [0], 30)
+        wait_for(lambda: worker_connections() != [0], 30)
         time.sleep(1.5)  # the worker is in its loop: at least one look for a task, TASK_WORKER_INTERVAL apart
         with connection.cursor() as cursor:
             if failure == "statement timeout":
@@ -277,19 +283,6 @@ def other_database() -> psycopg.Connection:
     params = connection.get_connection_params()
     params.pop("cursor_factory", None)
     return psycopg.connect(**{**params, "dbname": "postgres"}, autocommit=True)
-
-
-def worker_connections(select: str) -> list:
-    """`select`, "count(*)" or "pg_terminate_backend(pid)", over the task workers' connections in pg_stat_activity."""
-    assert select in ("count(*)", "pg_terminate_backend(pid)")
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_stat_clear_snapshot()")  # else one snapshot per transaction
-        cursor.execute(
-            # Not this test's own: a Worker run in this process names its connection as workers do.
-            f"SELECT {select} FROM pg_stat_activity WHERE application_name LIKE %s AND pid <> pg_backend_pid()",  # noqa: S608
-            [identity.PREFIX + "%"],
-        )
-        return [value for (value,) in cursor.fetchall()]
 
 
 def test_a_task_that_outlasts_the_grace_period_is_interrupted_and_requeued():
