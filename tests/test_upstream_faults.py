@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from harness.stack import Stack
+from harness.stack import Stack, docker
 from tests import load
-from tests.test_faults import docker, wait_for
+from tests.test_faults import wait_for
 from tests.test_upstream import proxied, upstream_servers
 
 DNS_OUTAGE_SECONDS = 30
@@ -73,8 +73,8 @@ def fake_app(stack: Stack, mode: str, lifetime: int = 120) -> Iterator[tuple[str
     )  # fmt: skip
     try:
         address = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
-        address = address.strip()
-        wait_for("it listens", lambda: "listening" in docker("logs", name), 30)
+        address = address.stdout.strip()
+        wait_for("it listens", lambda: "listening" in docker("logs", name).stdout, 30)
         wait_for("nginx's container finds it under the app's name", lambda: address in resolved(stack), 15)
         yield name, address
     finally:
