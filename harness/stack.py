@@ -33,10 +33,14 @@ def free_port() -> int:
 
 
 def run_command(
-    command: list[str], check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
+    command: list[str],
+    check: bool = True,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """A command's output as text; with `check`, a failure raises with its output in the message."""
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -163,17 +167,14 @@ class Stack:
 
         It reaches this stack through compose's own variables, as a user's .env would.
         """
-        root = self.compose_file.parent
         environment = {
             **os.environ,
             "COMPOSE_PROJECT_NAME": self.project,
             "COMPOSE_FILE": os.pathsep.join(map(str, [self.compose_file, *extra_files])),
             "COMPOSE_ENV_FILES": str(self.env_file),
         }
-        program = command[0] if command[0] == "docker" else str(root / command[0])
-        return subprocess.run(
-            [program, *command[1:]], cwd=root, env=environment, capture_output=True, text=True, timeout=600
-        )
+        program = command[0] if command[0] == "docker" else str(self.root / command[0])
+        return run_command([program, *command[1:]], check=False, timeout=600, env=environment, cwd=self.root)
 
     def up(self) -> None:
         self.compose("up", "--detach", "--wait", "--wait-timeout", "180")
