@@ -70,17 +70,19 @@ def test_drain_takes_the_app_out_of_nginx_and_undrain_brings_it_back(stack: Stac
     address = app_address(stack)
     try:
         drained = stack.exec("nginx", "app-upstream", "drain", address)
-        assert f"drained {address}" in drained.stderr
-        # Its only replica drained: nginx sends nothing there, and says so.
-        assert "down;" in upstream_conf(stack)
+        # Its only replica drained: from the moment drain returns, nginx sends
+        # nothing there (no worker with the old list takes a connection), and says so.
         assert stack.get("/now/").status == 502
+        assert f"drained {address}" in drained.stderr
+        assert "down;" in upstream_conf(stack)
         # The watcher does not put it back while the drain holds.
         time.sleep(3)
         assert stack.get("/now/").status == 502
     finally:
         stack.exec("nginx", "app-upstream", "undrain", address)
-    assert app_address(stack) == address
+    # Served again from the moment undrain returns.
     assert stack.get("/now/").status == 200
+    assert app_address(stack) == address
 
 
 def test_app_upstream_refuses_bad_input(stack: Stack):
