@@ -23,9 +23,6 @@
 # Documented in docs/operations.md.
 set -euo pipefail
 
-# Seconds to let nginx's new workers take over after a change to its list of
-# app servers (nginx/upstream/app-upstream).
-settle=${ROLLOUT_SETTLE_SECONDS:-1}
 # Seconds a new container may take to become healthy.
 health_timeout=${ROLLOUT_HEALTH_TIMEOUT:-120}
 
@@ -74,8 +71,8 @@ for id in "${old[@]}"; do
         log "removed ${new:0:12}; the old containers keep serving"
         exit 1
     fi
+    # render, drain and undrain return once nginx's workers use the new list.
     docker compose exec -T nginx app-upstream render
-    sleep "$settle"
     log "taking ${id:0:12} out of nginx"
     read -ra addresses < <(docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$id")
     docker compose exec -T nginx app-upstream drain "${addresses[@]}"
