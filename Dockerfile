@@ -86,6 +86,8 @@ COPY --chmod=0755 nginx/upstream/app-upstream /usr/local/bin/app-upstream
 COPY --chmod=0755 nginx/entrypoint/ /docker-entrypoint.d/
 # The container's healthcheck (docker-compose.yml): nginx answers, and the watcher is alive.
 COPY --chmod=0755 nginx/healthcheck.sh /usr/local/bin/nginx-healthcheck
+# A reload that returns once nginx serves with the new configuration (nginx/reload.sh).
+COPY --chmod=0755 nginx/reload.sh /usr/local/bin/nginx-reload
 COPY --from=build /srv/static /srv/static
 
 # --- acme: certbot, for nginx's own HTTPS (deploy/compose/https.yml) -------------------------

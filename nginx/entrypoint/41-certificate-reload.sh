@@ -29,11 +29,12 @@ log() {  # one JSON line, as nginx's access log and the app write theirs
     while sleep "$interval"; do
         current=$(readlink "$live" || true)
         [[ -n $current && $current != "$loaded" ]] || continue
-        if problem=$(nginx -t -q 2>&1); then
-            nginx -s reload
+        if ! problem=$(nginx -t -q 2>&1); then
+            log error "certificate $current not loaded, still serving $loaded: ${problem//$'\n'/ }"
+        elif nginx-reload; then
             log info "certificate $current loaded (was $loaded)"
         else
-            log error "certificate $current not loaded, still serving $loaded: ${problem//$'\n'/ }"
+            log error "certificate $current not in use 10 s after the reload (nginx's error log says why)"
         fi
         loaded=$current
     done
