@@ -5,7 +5,8 @@
 # /usr/local/bin/nginx-reload in the nginx image (Dockerfile).
 # Copying it: nothing to change. Exit 0 once no worker with the previous
 # configuration takes a new connection, or when nginx is not running yet;
-# 1 if that has not happened within 10 s (nginx's error log says why).
+# 1 if nginx refuses the configuration (with its message) or has not started
+# serving with it within 10 s (nginx's error log says why).
 #
 # `nginx -s reload` only signals the master, which then starts new workers and
 # tells the old ones to finish what they have; until then an old worker can
@@ -31,7 +32,12 @@ accepting_workers() {
 master=$(cat /run/nginx.pid 2>/dev/null) || exit 0
 [[ -n $master ]] && kill -0 "$master" 2>/dev/null || exit 0
 before=$(accepting_workers "$master")
-nginx -s reload 2>/dev/null
+# nginx reads the configuration before it signals: a broken one stops here,
+# and the workers keep the configuration they have.
+if ! said=$(nginx -s reload 2>&1); then
+    echo "nginx-reload: nginx refused the configuration and serves with the previous one: ${said//$'\n'/ }" >&2
+    exit 1
+fi
 for ((i = 0; i < 100; i++)); do
     grep -qxF -f <(accepting_workers "$master") <<<"$before" || exit 0
     sleep 0.1

@@ -85,6 +85,21 @@ def test_drain_takes_the_app_out_of_nginx_and_undrain_brings_it_back(stack: Stac
     assert app_address(stack) == address
 
 
+def test_a_configuration_nginx_refuses_is_reported_and_the_last_one_serves(stack: Stack):
+    broken = "/etc/nginx/conf.d/99-broken.conf"
+    stack.exec("nginx", "sh", "-c", f"echo 'not_a_directive on;' > {broken}")
+    try:
+        result = stack.exec("nginx", "nginx-reload", check=False)
+        assert result.returncode == 1
+        assert "refused the configuration" in result.stderr
+        assert 'unknown directive "not_a_directive"' in result.stderr
+        assert stack.get("/now/").status == 200
+    finally:
+        stack.exec("nginx", "rm", "-f", broken)
+    assert stack.exec("nginx", "nginx-reload").returncode == 0
+    assert stack.get("/now/").status == 200
+
+
 def test_app_upstream_refuses_bad_input(stack: Stack):
     for args in (["drain", "not-an-address"], ["drain"], ["undrain", "$(reboot)"], ["sideways"]):
         result = stack.exec("nginx", "app-upstream", *args, check=False)
