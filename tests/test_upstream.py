@@ -100,6 +100,16 @@ def test_a_configuration_nginx_refuses_is_reported_and_the_last_one_serves(stack
     assert stack.get("/now/").status == 200
 
 
+def test_app_upstream_leaves_nginx_no_process_to_reap(stack: Stack):
+    # nginx is the container's pid 1: a process app-upstream leaves behind becomes
+    # its child, and nginx logs reaping it. Every round would add a line.
+    for _ in range(3):
+        stack.exec("nginx", "app-upstream", "render")
+    time.sleep(5)  # two rounds of the watcher, at its default interval
+    reaped = [line for line in stack.logs("nginx").splitlines() if "unknown process" in line]
+    assert not reaped, reaped[-3:]
+
+
 def test_app_upstream_refuses_bad_input(stack: Stack):
     for args in (["drain", "not-an-address"], ["drain"], ["undrain", "$(reboot)"], ["sideways"]):
         result = stack.exec("nginx", "app-upstream", *args, check=False)
