@@ -77,7 +77,7 @@ COPY nginx/site/ /etc/nginx/site/
 # Plain HTTP behind a TLS proxy, unless deploy/compose/https.yml says on; the
 # certificate and the ACME challenges then come from the acme service's volumes.
 ENV NGINX_TLS=off
-RUN install -d -m 0755 /etc/nginx/certs /var/www/acme
+RUN install -d -m 0755 /etc/nginx/certs /var/www/acme /etc/nginx/main.d
 # Keeps nginx's list of app servers in step with DNS and /healthz (nginx/upstream/app-upstream),
 # started by the image's entrypoint before nginx (nginx/entrypoint/40-app-upstream.sh).
 # nginx/entrypoint/19-strict-transport-security.sh, run by the entrypoint too, writes

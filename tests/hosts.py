@@ -116,6 +116,13 @@ def read_by_the_image() -> set[str]:
     return {name for source in sources for name in call.findall(source.read_text())}
 
 
+def views_constant(name: str) -> int:
+    """A limit as app/books/views.py sets it (`NAME = number`)."""
+    match = re.search(rf"^{name} = (\d+)$", (ROOT / "app" / "books" / "views.py").read_text(), re.MULTILINE)
+    assert match, f"{name} is no longer set in app/books/views.py"
+    return int(match.group(1))
+
+
 def secrets_in_the_code() -> set[str]:
     """The variables settings.py reads through core.env.secret (which accepts NAME_FILE)."""
     return set(re.findall(r"""\bsecret\(\s*["']([A-Z][A-Z0-9_]+)["']""", (ROOT / "app/config/settings.py").read_text()))

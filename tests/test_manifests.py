@@ -41,6 +41,7 @@ from tests.hosts import (
     registry,
     secrets_in_the_code,
     target,
+    views_constant,
 )
 
 # The oldest release the manifests are written for (docs/kubernetes.md: preStop
@@ -774,13 +775,6 @@ def test_worker_stops_within_the_hosts_grace_period(name: str):
 # --- Long responses: the live stream, its long-poll, the /events/ demo -------------------------------
 # Where the files set a timeout (Render's Blueprint has none to set: docs/render.md).
 TIMEOUT_TARGETS = [*KUBERNETES_TARGETS, "cloud-run", "fly", "ecs"]
-
-
-def views_constant(name: str) -> int:
-    """A limit as app/books/views.py sets it (`NAME = number`)."""
-    match = re.search(rf"^{name} = (\d+)$", (ROOT / "app" / "books" / "views.py").read_text(), re.MULTILINE)
-    assert match, f"{name} is no longer set in app/books/views.py"
-    return int(match.group(1))
 
 
 def limit_for(limits: dict[str, float], path: str) -> float | None:

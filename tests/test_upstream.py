@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import time
 
-from harness.stack import Stack
+from harness.stack import Stack, docker
+from tests.hosts import registry, views_constant
 
 APP_PORT_HEX = ":1F40"  # 8000, as /proc/net/tcp writes ports
 ESTABLISHED, TIME_WAIT = "01", "06"
@@ -108,6 +110,63 @@ def test_app_upstream_leaves_nginx_no_process_to_reap(stack: Stack):
     time.sleep(5)  # two rounds of the watcher, at its default interval
     reaped = [line for line in stack.logs("nginx").splitlines() if "unknown process" in line]
     assert not reaped, reaped[-3:]
+
+
+SHUTDOWN_CONF = "/etc/nginx/main.d/worker-shutdown-timeout.conf"
+
+
+def nginx_workers(stack: Stack) -> dict[int, str]:
+    """nginx's worker processes and their titles ("... is shutting down" once a reload has replaced them)."""
+    script = 'for p in /proc/[0-9]*; do printf "%s %s\\n" "${p#/proc/}" "$(tr "\\0" " " < $p/cmdline)"; done'
+    rows = stack.exec("nginx", "bash", "-c", script).stdout.splitlines()
+    return {int(pid): title.strip() for pid, _, title in (row.partition(" ") for row in rows) if "worker" in title}
+
+
+def test_a_stream_left_on_an_old_worker_ends_at_the_shutdown_timeout(stack: Stack):
+    original = stack.exec("nginx", "cat", SHUTDOWN_CONF).stdout
+    stack.exec("nginx", "sh", "-c", f"echo 'worker_shutdown_timeout 3s;' > {SHUTDOWN_CONF}")
+    stack.exec("nginx", "nginx-reload")
+    try:
+        with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as stream:
+            stream.sendall(f"GET /books/stream/ HTTP/1.1\r\nHost: localhost:{stack.port}\r\n\r\n".encode())
+            assert stream.recv(65536).startswith(b"HTTP/1.1 200")
+            with_the_limit = set(nginx_workers(stack))
+            stack.exec("nginx", "nginx-reload")
+            reloaded = time.monotonic()
+            # The stream has no end of its own (a comment every LIVE_KEEPALIVE s): only the limit ends it.
+            while stream.recv(65536) and time.monotonic() - reloaded < 30:
+                pass
+            ended_after = time.monotonic() - reloaded
+        assert ended_after < 20, f"the stream was still open {ended_after:.0f} s after the reload"
+        # And the workers the reload replaced have exited.
+        deadline = time.monotonic() + 10
+        while with_the_limit & set(nginx_workers(stack)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not with_the_limit & set(nginx_workers(stack)), nginx_workers(stack)
+    finally:
+        stack.exec("nginx", "sh", "-c", f'printf "%s" "$1" > {SHUTDOWN_CONF}', "sh", original)
+        stack.exec("nginx", "nginx-reload")
+    assert stack.get("/now/").status == 200
+
+
+def test_the_shutdown_timeout_comes_from_the_environment_and_outlasts_every_response_that_ends(stack: Stack):
+    # /events/ lasts MAX_EVENTS seconds at most, a long-poll MAX_WAIT_SECONDS (app/books/views.py).
+    assert int(registry()["NGINX_WORKER_SHUTDOWN_TIMEOUT"].default) > max(
+        views_constant("MAX_EVENTS"), views_constant("MAX_WAIT_SECONDS")
+    )
+    image = stack.image("nginx")
+    settings = ("-e", "NGINX_UPSTREAM=127.0.0.1:8000", "-e", "NGINX_TRUSTED_PROXY=127.0.0.1")
+
+    def nginx(check: str, seconds: str) -> subprocess.CompletedProcess[str]:
+        timeout = f"NGINX_WORKER_SHUTDOWN_TIMEOUT={seconds}"
+        return docker("run", "--rm", *settings, "-e", timeout, image, "nginx", check, check=False)
+
+    given = nginx("-T", "7")
+    assert given.returncode == 0, given.stderr
+    assert "worker_shutdown_timeout  7s;" in given.stdout
+    bad = nginx("-t", "soon")
+    assert bad.returncode != 0
+    assert "NGINX_WORKER_SHUTDOWN_TIMEOUT must be a whole number of seconds, not 'soon'" in bad.stderr
 
 
 def test_app_upstream_refuses_bad_input(stack: Stack):

@@ -1,7 +1,8 @@
 #!/bin/bash
 # With NGINX_TLS=on: reloads nginx when the acme service hands it a new
 # certificate, so a renewal needs no restart and drops no connection (nginx
-# starts new workers with it; the old ones finish their requests and streams).
+# starts new workers with it; the old ones finish their requests and streams,
+# for up to NGINX_WORKER_SHUTDOWN_TIMEOUT: 18-worker-shutdown-timeout.sh).
 # Run by: the nginx image's entrypoint, from /docker-entrypoint.d/ (Dockerfile),
 # before nginx starts. Copying it: nothing to change.
 #
