@@ -178,10 +178,9 @@ def test_app_upstream_refuses_bad_input(stack: Stack):
 
 
 def test_a_bad_setting_stops_nginx_with_a_clear_message(stack: Stack):
-    result = subprocess.run(
-        ["docker", "run", "--rm", "-e", "NGINX_UPSTREAM=127.0.0.1:8000", "-e", "NGINX_UPSTREAM_KEEPALIVE=lots",
-         stack.image("nginx"), "nginx", "-t"],
-        capture_output=True, text=True, timeout=120,
+    result = docker(
+        "run", "--rm", "-e", "NGINX_UPSTREAM=127.0.0.1:8000", "-e", "NGINX_UPSTREAM_KEEPALIVE=lots",
+        stack.image("nginx"), "nginx", "-t", check=False,
     )  # fmt: skip
     assert result.returncode != 0
     assert "expected a positive whole number, got 'lots'" in result.stderr
