@@ -149,22 +149,23 @@ def test_a_stream_left_on_an_old_worker_ends_at_the_shutdown_timeout(stack: Stac
     assert stack.get("/now/").status == 200
 
 
+def nginx_in_a_new_container(stack: Stack, option: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`nginx OPTION` (-t, -T) through the image's entrypoint, in a container of its own with these
+    settings on top of the two the site needs."""
+    settings = {"NGINX_UPSTREAM": "127.0.0.1:8000", "NGINX_TRUSTED_PROXY": "127.0.0.1", **settings}
+    environment = [arg for name, value in settings.items() for arg in ("-e", f"{name}={value}")]
+    return docker("run", "--rm", *environment, stack.image("nginx"), "nginx", option, check=False)
+
+
 def test_the_shutdown_timeout_comes_from_the_environment_and_outlasts_every_response_that_ends(stack: Stack):
     # /events/ lasts MAX_EVENTS seconds at most, a long-poll MAX_WAIT_SECONDS (app/books/views.py).
     assert int(registry()["NGINX_WORKER_SHUTDOWN_TIMEOUT"].default) > max(
         views_constant("MAX_EVENTS"), views_constant("MAX_WAIT_SECONDS")
     )
-    image = stack.image("nginx")
-    settings = ("-e", "NGINX_UPSTREAM=127.0.0.1:8000", "-e", "NGINX_TRUSTED_PROXY=127.0.0.1")
-
-    def nginx(check: str, seconds: str) -> subprocess.CompletedProcess[str]:
-        timeout = f"NGINX_WORKER_SHUTDOWN_TIMEOUT={seconds}"
-        return docker("run", "--rm", *settings, "-e", timeout, image, "nginx", check, check=False)
-
-    given = nginx("-T", "7")
+    given = nginx_in_a_new_container(stack, "-T", NGINX_WORKER_SHUTDOWN_TIMEOUT="7")
     assert given.returncode == 0, given.stderr
     assert "worker_shutdown_timeout  7s;" in given.stdout
-    bad = nginx("-t", "soon")
+    bad = nginx_in_a_new_container(stack, "-t", NGINX_WORKER_SHUTDOWN_TIMEOUT="soon")
     assert bad.returncode != 0
     assert "NGINX_WORKER_SHUTDOWN_TIMEOUT must be a whole number of seconds, not 'soon'" in bad.stderr
 
@@ -178,9 +179,6 @@ def test_app_upstream_refuses_bad_input(stack: Stack):
 
 
 def test_a_bad_setting_stops_nginx_with_a_clear_message(stack: Stack):
-    result = docker(
-        "run", "--rm", "-e", "NGINX_UPSTREAM=127.0.0.1:8000", "-e", "NGINX_UPSTREAM_KEEPALIVE=lots",
-        stack.image("nginx"), "nginx", "-t", check=False,
-    )  # fmt: skip
+    result = nginx_in_a_new_container(stack, "-t", NGINX_UPSTREAM_KEEPALIVE="lots")
     assert result.returncode != 0
     assert "expected a positive whole number, got 'lots'" in result.stderr
